@@ -1,0 +1,70 @@
+"""MIA-VSR: video super-resolution transformer with masked inter&intra-frame attention (CVPR 2024).
+
+Zhou et al., arXiv 2401.06312; original code LabShuHangGU/MIA-VSR. Parameter and buffer names match the
+official checkpoints (strict=True load); the building blocks live in ``vsrkit.archs.mia_blocks``.
+
+Bugs of the original fixed here (each has a test in tests/test_miavsr_arch.py):
+(a) gradient checkpointing is optional (``use_checkpoint``) and correct: the original always checkpoints and
+    its block pops/appends a shared Python list of previous-frame states, so the recomputation in backward
+    reads another block's state and the gradients differ from the non-checkpointed run. Here a block takes
+    its previous state as an argument and returns the new one.
+(c) the mirror-extension test (which reuses backward flows as forward flows) is made per forward call; the
+    original sets an instance flag and never resets it, so every later clip used flipped backward flows.
+(d) builds and runs on CPU: the original silently skipped building the transformer branches without CUDA
+    and hard-coded ``.cuda()`` in the attention.
+(e) batch size > 1 at inference (the original flattens the batch into one token list), and the mask's
+    saving is realised: in eval mode tokens that are not kept skip the query projection, the attention, the
+    output projection and the MLP (gather/scatter); the original computed q/k/v and attention for all tokens.
+Also: LR frames of any size (smaller than 64 px are padded for SpyNet, the output is cropped); SpyNet is
+never downloaded.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from vsrkit.archs.mia_blocks import RecurrentInterIntraVSR
+from vsrkit.utils.registry import ARCH_REGISTRY, register
+
+
+@register(ARCH_REGISTRY)
+class MIAVSR(RecurrentInterIntraVSR):
+    """MIA-VSR network (x4).
+
+    Args:
+        in_channels: image channels.
+        mid_channels: width of the reconstruction head (and of the checkpoint-only convs of each branch).
+        embed_dim: token width of the transformer branches.
+        depths: blocks per residual group of each branch.
+        num_heads: attention heads per residual group.
+        window_size: (frames, height, width) of an attention window; frames must equal num_frames (3).
+        num_frames: frames seen by a block (current + two aligned previous outputs); must be 3.
+        patch_size: must be 1 (every LR pixel is a token), kept for the original's option files.
+        mlp_ratio: MLP hidden width / embed_dim.
+        drop_path_rate: stochastic depth, linearly increasing over the blocks of a branch.
+        is_low_res_input: must be True (the original's HR-input path is broken).
+        use_mask: apply the adaptive mask; also a runtime attribute (``model.use_mask = False`` computes every
+            token, for comparison).
+        gumbel_noise: logistic noise in the training-mode Gumbel-sigmoid; runtime attribute as well.
+        mask_temperature: Gumbel-sigmoid temperature.
+        spynet_path: optional BasicSR SpyNet weights file; None leaves SpyNet randomly initialised.
+        use_checkpoint: recompute each block in backward (memory for time; same gradients).
+
+    Runtime attributes: ``sparse_inference`` (default True: eval computes only kept tokens; False computes all
+    tokens and selects, the dense reference), ``forced_keep_ratio`` (None, or a fraction: in eval keep that
+    share of each sample's tokens with the highest logits, e.g. to benchmark untrained weights).
+
+    forward(lqs, return_keep_ratios=False): lqs (n, t, C, h, w) -> (n, t, C, 4h, 4w); with
+    ``return_keep_ratios=True`` also a (4 branches, t-1 frames, blocks) tensor of keep ratios (None when the
+    mask is off or t == 1), the input of ``vsrkit.losses.sparsity_loss.SparsityLoss``.
+    """
+
+    def __init__(self, in_channels: int = 3, mid_channels: int = 64, embed_dim: int = 120,
+                 depths: Sequence[int] = (6, 6, 6, 6), num_heads: Sequence[int] = (6, 6, 6, 6),
+                 window_size: Sequence[int] = (3, 8, 8), num_frames: int = 3, patch_size: int = 1,
+                 mlp_ratio: float = 2.0, drop_path_rate: float = 0.1, is_low_res_input: bool = True,
+                 use_mask: bool = True, gumbel_noise: bool = True, mask_temperature: float = 2 / 3,
+                 spynet_path: str | None = None, use_checkpoint: bool = False) -> None:
+        super().__init__(in_channels, mid_channels, embed_dim, depths, num_heads, window_size, num_frames,
+                         patch_size, mlp_ratio, drop_path_rate, is_low_res_input, with_mask_predictor=True,
+                         use_mask=use_mask, gumbel_noise=gumbel_noise, mask_temperature=mask_temperature,
+                         spynet_path=spynet_path, use_checkpoint=use_checkpoint)
