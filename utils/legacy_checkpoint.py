@@ -14,6 +14,7 @@ The result is ``{'params': state_dict, 'network_g': {'type': 'VDSR', 'num_channe
 """
 from __future__ import annotations
 
+import _compat_pickle
 import os
 import pickle
 import types
@@ -61,7 +62,6 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ('torch.nn.parameter', 'Parameter'): nn.Parameter,
     ('collections', 'OrderedDict'): OrderedDict,
     ('builtins', 'set'): set,
-    ('__builtin__', 'set'): set,  # protocol-2 pickles written by Python 2 name builtins so
     ('torch.nn.backends.thnn', '_get_thnn_function_backend'): _no_backend,
     **{tuple(name.rsplit('.', 1)): _stand_in(name) for name in _MODULE_CLASSES},
 }
@@ -71,6 +71,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that resolves only the allow-listed globals (see module docstring)."""
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol <= 2 pickles (torch.save's default) spell Python 3 names the Python 2 way, e.g. __builtin__.set.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        else:
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
