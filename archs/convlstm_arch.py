@@ -106,7 +106,10 @@ class ConvLSTM(nn.Module):
         return new_state
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """x: (B, T, C, H, W) known frames, T >= 1 → ((B, T, hidden_dims[-1], H, W) predicted frames, state)."""
+        """x: (B, T, C, H, W) known frames, T >= 1 → ((B, T, hidden_dims[-1], H, W) predicted frames, state).
+
+        ``state``: optional per-layer (h, c) to start from (e.g. the one returned by a previous call); zeros if None.
+        """
         if x.dim() != 5:
             raise ValueError(f'ConvLSTM expects (B, T, C, H, W) input, got shape {tuple(x.shape)}')
         b, t_len, _, height, width = x.shape
