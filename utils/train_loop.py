@@ -1,0 +1,322 @@
+"""The training pipeline behind ``train.py`` / ``dist_train.sh`` (one process, or torchrun DDP on CPU or CUDA).
+
+Reuses basicsr's registries, datasets, metrics and model interface; replaces what basicsr hard-wires to CUDA
+(process-group set-up, resume mapping, metric tensors) and what does not resume exactly (samplers).
+One iteration is one optimizer step over ``accumulate_grad_batches`` micro-batches.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
+from vsrkit.data.sample_data import ensure_sample_data
+from vsrkit.data.sampling import SeededSamples, ShardedEpochSampler
+from vsrkit.utils.checkpoint import latest_training_state
+from vsrkit.utils.dist import DistInfo, any_rank, barrier, cleanup, init_distributed
+from vsrkit.utils.option_checks import check_options
+from vsrkit.utils.options import OptionsError, dump_options, load_options
+from vsrkit.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
+
+logger = logging.getLogger('vsrkit')
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a vsrkit/BasicSR model from a YAML options file.')
+    parser.add_argument('-opt', '--opt', required=True, help='path to the options YAML file')
+    parser.add_argument('--launcher', default='none',
+                        help='accepted for BasicSR compatibility; torchrun\'s environment decides')
+    parser.add_argument('--auto_resume', action='store_true', help='resume from the latest training state')
+    parser.add_argument('--debug', action='store_true', help='a few iterations, frequent logging and saving')
+    parser.add_argument('--force_yml', nargs='+', default=[], help="override options: 'train:ema_decay=0.999'")
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument('--check-only', action='store_true',
+                        help='check the options and create missing sample data, then exit (dist_train.sh runs this)')
+    return parser.parse_args(argv)
+
+
+def setup_logging(opt: dict, info: DistInfo) -> None:
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if info.is_main else logging.WARNING)
+    formatter = logging.Formatter('%(asctime)s %(levelname)s: %(message)s', '%Y-%m-%d %H:%M:%S')
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(formatter)
+    logger.addHandler(console)
+    if info.is_main:
+        log_file = Path(opt['path']['log']) / f"train_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log"
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def prepare_experiment_dirs(opt: dict, resuming: bool) -> None:
+    """Create the experiment folders; an existing experiment of the same name is archived unless resuming."""
+    root = Path(opt['path']['experiments_root'])
+    if root.exists() and not resuming and any(root.iterdir()):
+        archived = root.with_name(f"{root.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
+        root.rename(archived)
+        print(f'Existing experiment folder moved to {archived}')
+    for key in ('experiments_root', 'models', 'training_states', 'log', 'visualization'):
+        Path(opt['path'][key]).mkdir(parents=True, exist_ok=True)
+
+
+class StopRequest:
+    """First SIGINT/SIGTERM: finish the iteration, save a resumable state, exit. Second: stop at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for signum in EXIT_CODES:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f'\n{signal.Signals(signum).name} received: saving a resumable state after this iteration '
+              '(send it again to stop at once)', flush=True)
+
+
+class Progress:
+    """Iteration rate and ETA over the training time (validation and saving excluded)."""
+
+    def __init__(self, start_iter: int, total_iter: int) -> None:
+        self.start_iter, self.total_iter = start_iter, total_iter
+        self.train_seconds = 0.0
+        self._mark = time.perf_counter()
+
+    def pause(self) -> None:
+        self.train_seconds += time.perf_counter() - self._mark
+
+    def resume(self) -> None:
+        self._mark = time.perf_counter()
+
+    def rate(self, current_iter: int) -> float:
+        elapsed = self.train_seconds + time.perf_counter() - self._mark
+        return (current_iter - self.start_iter) / max(elapsed, 1e-9)
+
+    def line(self, current_iter: int) -> str:
+        rate = self.rate(current_iter)
+        eta = timedelta(seconds=int((self.total_iter - current_iter) / max(rate, 1e-9)))
+        return f'{rate:.2f} it/s, eta {eta}'
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """Plain-text table: one row per dict, numeric cells with 4 decimals."""
+    cells = [[str(c) for c in columns]]
+    for row in rows:
+        cells.append([f'{row[c]:.4f}' if isinstance(row.get(c), float) else str(row.get(c, '')) for c in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ['  '.join(v.ljust(widths[i]) if i == 0 else v.rjust(widths[i]) for i, v in enumerate(r)) for r in cells]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
+
+
+def validation_table(rows: list[dict]) -> str:
+    """Per-image rows plus the average, bicubic columns beside the model's."""
+    if not rows:
+        return '(no validation images)'
+    metrics = [k for k in rows[0] if k != 'name' and not k.startswith('bicubic_')]
+    columns = ['name']
+    for metric in metrics:
+        if f'bicubic_{metric}' in rows[0]:
+            columns.append(f'bicubic_{metric}')
+        columns.append(metric)
+    average = {'name': 'average', **{c: float(np.mean([r[c] for r in rows])) for c in columns[1:]}}
+    return format_table(rows + [average], columns)
+
+
+class Trainer:
+    def __init__(self, opt: dict, info: DistInfo, auto_resume: bool) -> None:
+        self.opt, self.info = opt, info
+        self.train_opt = opt['train']
+        self.logger_opt = opt.get('logger') or {}
+        self.seed = int(opt.get('manual_seed', 0))
+        state_path = opt['path'].get('resume_state')
+        if not state_path and auto_resume:
+            state_path = latest_training_state(opt['path']['training_states'])
+        self.state_path = Path(state_path) if state_path else None
+        if info.is_main:
+            ensure_sample_data(opt)
+            prepare_experiment_dirs(opt, resuming=self.state_path is not None)
+        barrier()
+        setup_logging(opt, info)
+        seed_everything(self.seed + info.rank, bool(opt.get('deterministic', False)))
+        self.tb = None
+        if info.is_main and self.logger_opt.get('use_tb_logger', True):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(opt['path']['tb_logger'])
+        self.history = Path(opt['path']['experiments_root']) / 'train_log.jsonl'
+
+    def build_loaders(self) -> None:
+        train_opt = dict(self.opt['datasets']['train'])
+        train_opt.setdefault('name', 'train')
+        dataset = DATASET_REGISTRY.get(train_opt['type'])(train_opt)
+        self.train_set = SeededSamples(dataset, self.seed)
+        self.sampler = ShardedEpochSampler(len(dataset), num_replicas=self.info.world_size, rank=self.info.rank,
+                                           shuffle=train_opt.get('use_shuffle', True), seed=self.seed,
+                                           enlarge_ratio=int(train_opt.get('dataset_enlarge_ratio', 1)))
+        self.loader_seed = torch.Generator()
+        self.loader = DataLoader(self.train_set, batch_size=train_opt['batch_size_per_gpu'], sampler=self.sampler,
+                                 num_workers=int(train_opt.get('num_worker_per_gpu', 0)), drop_last=True,
+                                 pin_memory=self.info.device.type == 'cuda', generator=self.loader_seed)
+        self.batches_per_epoch = len(self.sampler) // train_opt['batch_size_per_gpu']
+        if self.batches_per_epoch < 1:
+            raise OptionsError(f"datasets.train.batch_size_per_gpu: {train_opt['batch_size_per_gpu']} exceeds the "
+                               f'{len(self.sampler)} samples each process gets per epoch')
+        self.val_sets = {}
+        for phase, val_opt in self.opt['datasets'].items():
+            if phase.startswith('val'):
+                val_opt = dict(val_opt)
+                val_opt.setdefault('name', phase)
+                self.val_sets[val_opt['name']] = DATASET_REGISTRY.get(val_opt['type'])(val_opt)
+        logger.info(f'Training set: {len(dataset)} samples, {self.batches_per_epoch} batches per epoch per process; '
+                    f'validation sets: {", ".join(f"{k} ({len(v)})" for k, v in self.val_sets.items()) or "none"}')
+
+    def batches(self, epoch: int, skip: int) -> Iterator[tuple[int, dict]]:
+        """Micro-batches forever, from ``skip`` batches into ``epoch`` (the resume point)."""
+        batch_size = self.loader.batch_size
+        while True:
+            self.sampler.set_epoch(epoch, start=skip * batch_size)
+            self.train_set.set_epoch(epoch)
+            self.loader_seed.manual_seed(self.seed + epoch)
+            for batch in self.loader:
+                yield epoch, batch
+            epoch, skip = epoch + 1, 0
+
+    def validate(self, model, current_iter: int) -> dict[str, dict]:
+        results = {}
+        for name, dataset in self.val_sets.items():
+            averages = model.validation(dataset, current_iter, self.tb, self.opt['val'].get('save_img', False))
+            results[name] = {'averages': averages, 'rows': model.last_validation}
+            logger.info(f'Validation {name} @ iter {current_iter}: '
+                        + ', '.join(f'{k} {v:.4f}' for k, v in averages.items()))
+        return results
+
+    def log_iteration(self, model, current_iter: int, epoch: int, progress: Progress) -> None:
+        logs = model.get_current_log()
+        lrs = model.get_current_learning_rate()
+        logger.info(f"[{self.opt['name']}] epoch {epoch} iter {current_iter}/{progress.total_iter} lr {lrs[0]:.3e} | "
+                    f'{progress.line(current_iter)} | ' + ', '.join(f'{k} {v:.4e}' for k, v in logs.items()))
+        if self.info.is_main:
+            with self.history.open('a') as handle:
+                handle.write(json.dumps({'iter': current_iter, 'epoch': epoch, 'lr': lrs, **logs}) + '\n')
+            if self.tb is not None:
+                for key, value in logs.items():
+                    self.tb.add_scalar(f'losses/{key}', value, current_iter)
+                self.tb.add_scalar('lr', lrs[0], current_iter)
+
+    def run(self) -> int:
+        opt = self.opt
+        self.build_loaders()
+        model = MODEL_REGISTRY.get(opt['model_type'])(opt)
+        start_iter = 0
+        if self.state_path is not None:
+            state = torch.load(self.state_path, map_location='cpu', weights_only=True)
+            model.resume_training(state)
+            start_iter = int(state['iter'])
+            logger.info(f'Resumed from {self.state_path} at iteration {start_iter}')
+        elif self.info.is_main:
+            (Path(opt['path']['experiments_root']) / 'options.yml').write_text(dump_options(opt))
+        total_iter = int(self.train_opt['total_iter'])
+        accumulate = model.accumulate
+        consumed = start_iter * accumulate
+        batches = self.batches(consumed // self.batches_per_epoch, consumed % self.batches_per_epoch)
+        print_freq = int(self.logger_opt.get('print_freq', 100))
+        save_freq = int(self.logger_opt.get('save_checkpoint_freq', 5000))
+        val_freq = int((opt.get('val') or {}).get('val_freq', 0) or 0) if self.val_sets else 0
+        stop = StopRequest()
+        progress = Progress(start_iter, total_iter)
+        logger.info(f'Training {opt["network_g"]["type"]} on {self.info.device} x{self.info.world_size}: '
+                    f'iterations {start_iter + 1}..{total_iter}, {accumulate} micro-batch(es) per iteration')
+        epoch = consumed // self.batches_per_epoch
+        current_iter = start_iter
+        saved_at = None
+        while current_iter < total_iter:
+            current_iter += 1
+            for _ in range(accumulate):
+                epoch, batch = next(batches)
+                model.feed_data(batch)
+                model.optimize_parameters(current_iter)
+            model.update_learning_rate(current_iter)
+            if current_iter % print_freq == 0 or current_iter == total_iter:
+                self.log_iteration(model, current_iter, epoch, progress)
+            progress.pause()
+            if current_iter % save_freq == 0:
+                model.save(epoch, current_iter)
+                saved_at = current_iter
+            if val_freq and current_iter % val_freq == 0 and current_iter < total_iter:
+                self.validate(model, current_iter)
+            if any_rank(stop.signum is not None, self.info.device):
+                if saved_at != current_iter:
+                    model.save(epoch, current_iter)
+                logger.warning(f'Stopped at iteration {current_iter}; resume with --auto_resume')
+                return EXIT_CODES.get(stop.signum, 130)
+            progress.resume()
+        if saved_at != current_iter:
+            model.save(epoch, current_iter)
+        results = self.validate(model, current_iter) if self.val_sets else {}
+        self.summarise(results, progress, current_iter)
+        return 0
+
+    def summarise(self, results: dict, progress: Progress, current_iter: int) -> None:
+        if not self.info.is_main:
+            return
+        minutes = progress.train_seconds / 60
+        logger.info(f'Training finished: iteration {current_iter}, {minutes:.1f} min of training '
+                    f'({progress.rate(current_iter):.2f} it/s); weights in {self.opt["path"]["models"]}')
+        for name, result in results.items():
+            table = validation_table(result['rows'])
+            logger.info(f'Validation table ({name}, iteration {current_iter}):\n{table}')
+        if self.tb is not None:
+            self.tb.close()
+
+
+def main(argv: list[str] | None = None, root: str | Path | None = None) -> int:
+    args = parse_args(argv)
+    root = Path(root) if root is not None else Path.cwd()
+    try:
+        opt = load_options(args.opt, root=root, overrides=args.force_yml, debug=args.debug)
+        check_options(opt)
+        if args.check_only:
+            for built in ensure_sample_data(opt):
+                print(f'Created sample data in {built}')
+            print(f'{args.opt}: options OK')
+            return 0
+        info = init_distributed(opt.get('num_gpu', 'auto'))
+    except (OptionsError, RuntimeError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    opt['device'] = str(info.device)
+    try:
+        return Trainer(opt, info, args.auto_resume).run()
+    except OptionsError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    finally:
+        cleanup()
