@@ -82,8 +82,15 @@ class TrainableModel:
         param_key = self.opt['path'].get('param_key_g')
         state = extract_state_dict(load_file(path), param_key, source=str(path))
         strict = self.opt['path'].get('strict_load_g', True)
+        if not strict:  # as BasicSR: a non-strict load also skips tensors whose shapes differ (e.g. a new scale)
+            own = self.net_g.state_dict()
+            skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+            state = {k: v for k, v in state.items() if k not in skipped}
+            if skipped:
+                logger.warning(f'{path}: not loading {skipped} (shapes differ from network_g)')
         missing, unexpected = self.net_g.load_state_dict(state, strict=strict)
-        logger.info(f'Loaded {path} into network_g (strict={strict}; missing {len(missing)}, unexpected {len(unexpected)})')
+        logger.info(f'Loaded {path} into network_g (strict={strict}; missing {list(missing)}, '
+                    f'unexpected {list(unexpected)})')
 
     def init_training_settings(self) -> None:
         train = self.opt['train']

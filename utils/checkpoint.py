@@ -29,14 +29,22 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 
 def load_file(path: str | Path) -> Any:
-    """Load a checkpoint on CPU with ``weights_only=True`` (no arbitrary code from pickles)."""
+    """Load a checkpoint on CPU without running pickled code.
+
+    ``torch.load(weights_only=True)`` reads ordinary checkpoints; a whole pickled module (the published VDSR
+    files) is converted by the restricted unpickler of ``vsrkit.utils.legacy_checkpoint`` instead."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path} does not exist')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:
-        raise ValueError(f'cannot read checkpoint {path}: {err}') from None
+        from vsrkit.utils.legacy_checkpoint import load_legacy_checkpoint
+
+        try:
+            return load_legacy_checkpoint(path)
+        except Exception:
+            raise ValueError(f'cannot read checkpoint {path}: {err}') from None
 
 
 def extract_state_dict(checkpoint: Any, param_key: str | None = None, source: str = 'checkpoint') -> dict:

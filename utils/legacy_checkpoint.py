@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vsrkit.utils.checkpoint import atomic_save
+
 __all__ = ['UnsafePickleError', 'RestrictedUnpickler', 'RESTRICTED_PICKLE', 'load_legacy_checkpoint',
            'module_state_dict', 'vdsr_network_options', 'vdsr_widths', 'save_checkpoint']
 
@@ -161,15 +163,8 @@ def load_legacy_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """``torch.save`` atomically (temporary file + os.replace); refuses an existing ``path`` unless ``overwrite``."""
+    """Save atomically (``vsrkit.utils.checkpoint.atomic_save``); refuses an existing ``path`` unless ``overwrite``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f'{path} exists; pass overwrite=True (--overwrite) to replace it')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_save(checkpoint, path)
