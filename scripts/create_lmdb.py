@@ -46,8 +46,9 @@ def reds_jobs(root: Path, scale: int) -> list[Job]:
             for d in sorted((root / val).iterdir()):
                 name = f'{int(d.name) + REDS_VAL_OFFSET:03d}'
                 if name in clips:
-                    raise ValueError(f'{root / val / d.name} would become clip {name}, which {root / train} already has '
-                                     f'(val_sharp already regrouped into train_sharp? then remove {root / val}).')
+                    raise ValueError(f'{root / val / d.name} would become clip {name}, which {root / train} '
+                                     f'already has (val_sharp already regrouped into train_sharp? then remove '
+                                     f'{root / val}).')
                 clips[name] = d
         items = [item for name, d in sorted(clips.items()) for item in _clip_frames(d, name)]
         jobs.append((items, root / output))

@@ -201,7 +201,8 @@ def test_cli_folder_verify_overwrite(tmp_path, image_folder, frames):
     close_lmdb_envs()
     with lmdb.open(str(out), map_size=1 << 24) as env, env.begin(write=True) as txn:
         txn.put(b'001/00000004', cv2.imencode('.png', frames['001/00000004'][:10])[1].tobytes())
-    with pytest.raises(ValueError, match=r"'001/00000004': decodes to \(10, 128, 3\), meta_info.txt says \(96, 128, 3\)"):
+    wrong_shape = r"'001/00000004': decodes to \(10, 128, 3\), meta_info.txt says \(96, 128, 3\)"
+    with pytest.raises(ValueError, match=wrong_shape):
         cli.main(['--dataset', 'folder', '--input', str(image_folder), '--output', str(out), '--verify'])
     close_lmdb_envs()
     assert cli.main(['--dataset', 'folder', '--input', str(image_folder), '--output', str(out), '--overwrite',
@@ -222,13 +223,14 @@ def test_cli_presets_on_sample(tmp_path_factory, tmp_path):
     assert len(read_meta_info(vimeo / 'vimeo90k_test_GT.lmdb')) == 4 * 7
 
     reds = tmp_path / 'REDS'
-    for name in ['000', '001']:
-        shutil.copytree(sample / 'REDS' / 'train_sharp' / name, reds / 'train_sharp' / name)
-        shutil.copytree(sample / 'REDS' / 'train_sharp_bicubic' / 'X4' / name, reds / 'train_sharp_bicubic' / 'X4' / name)
-    shutil.copytree(sample / 'REDS' / 'train_sharp' / '011', reds / 'val_sharp' / '000')
-    shutil.copytree(sample / 'REDS' / 'train_sharp_bicubic' / 'X4' / '011', reds / 'val_sharp_bicubic' / 'X4' / '000')
+    for source, target in [('000', '000'), ('001', '001'), ('011', '000')]:  # 011 plays val_sharp/000
+        split = 'train' if source == target else 'val'
+        shutil.copytree(sample / 'REDS' / 'train_sharp' / source, reds / f'{split}_sharp' / target)
+        shutil.copytree(sample / 'REDS' / 'train_sharp_bicubic' / 'X4' / source,
+                        reds / f'{split}_sharp_bicubic' / 'X4' / target)
     cli.main(['--dataset', 'reds', '--input', str(reds), '--verify'])
     keys = [m.key for m in read_meta_info(reds / 'train_sharp_bicubic_with_val.lmdb')]
     assert len(keys) == 60 and keys[0] == '000/00000000' and keys[-1] == '240/00000019'
-    np.testing.assert_array_equal(LmdbImageReader(reds / 'train_sharp_with_val.lmdb').get_image('240/00000005'),
-                                  LmdbImageReader(sample / 'REDS' / 'train_sharp_with_val.lmdb').get_image('011/00000005'))
+    regrouped = LmdbImageReader(reds / 'train_sharp_with_val.lmdb').get_image('240/00000005')
+    original = LmdbImageReader(sample / 'REDS' / 'train_sharp_with_val.lmdb').get_image('011/00000005')
+    np.testing.assert_array_equal(regrouped, original)

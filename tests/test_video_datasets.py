@@ -14,7 +14,7 @@ from basicsr.data.reds_dataset import REDSRecurrentDataset
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
 
-from vsrkit.data.lmdb_io import close_lmdb_envs, write_lmdb, LmdbImageReader
+from vsrkit.data.lmdb_io import LmdbImageReader, close_lmdb_envs, write_lmdb
 from vsrkit.data.sample_videos import FRAMES_PER_CLIP, build_video_sample
 
 
@@ -43,9 +43,9 @@ def vimeo_opt(sample: Path, backend: str, split: str = 'train', **extra) -> dict
         gt, lq = vimeo / f'vimeo90k_{split}_GT.lmdb', vimeo / f'vimeo90k_{split}_LR7frames.lmdb'
     else:
         gt, lq = vimeo / 'vimeo_septuplet' / 'sequences', vimeo / 'vimeo_septuplet_matlabLRx4' / 'sequences'
-    opt = dict(dataroot_gt=str(gt), dataroot_lq=str(lq), meta_info_file=str(vimeo / f'meta_info_Vimeo90K_{split}_GT.txt'),
-               io_backend={'type': backend}, num_frame=7, gt_size=64, random_reverse=True, use_hflip=True,
-               use_rot=True, scale=4)
+    meta = vimeo / f'meta_info_Vimeo90K_{split}_GT.txt'
+    opt = dict(dataroot_gt=str(gt), dataroot_lq=str(lq), meta_info_file=str(meta), io_backend={'type': backend},
+               num_frame=7, gt_size=64, random_reverse=True, use_hflip=True, use_rot=True, scale=4)
     return {**opt, **extra}
 
 
@@ -171,9 +171,8 @@ def test_clip_test_dataset_chunks(sample, backend):
         assert torch.equal(p['lq'], clip['lq'][p['frame_start']:p['frame_start'] + 8])
         assert torch.equal(p['gt'], clip['gt'][p['frame_start']:p['frame_start'] + 8])
     vimeo = vimeo_opt(sample, backend, split='test')
-    vimeo_t = make('VideoClipTestDataset', dict(name='Vimeo-90K-T', dataroot_gt=vimeo['dataroot_gt'],
-                                                dataroot_lq=vimeo['dataroot_lq'], meta_info_file=vimeo['meta_info_file'],
-                                                io_backend=vimeo['io_backend']))
+    vimeo_t = make('VideoClipTestDataset', dict(name='Vimeo-90K-T', **{k: vimeo[k] for k in (
+        'dataroot_gt', 'dataroot_lq', 'meta_info_file', 'io_backend')}))
     assert len(vimeo_t) == 4 and vimeo_t[0]['lq'].shape == (7, 3, 32, 48) and vimeo_t[0]['folder'] == '00004/0001'
 
 
@@ -218,7 +217,8 @@ def test_bad_input_errors_at_construction(sample, tmp_path):
         make('REDSClipDataset', reds_opt(sample, 'lmdb', meta_info_file=str(meta)))
     gt_phantom = dict(reds_opt(sample, 'lmdb'), dataroot_gt=str(phantom), dataroot_lq=str(phantom), scale=1,
                       gt_size=16, meta_info_file=None)  # clips = what the lmdb's meta_info.txt lists
-    with pytest.raises(KeyError, match=rf"'002/00000099' is listed in meta_info.txt but not stored in the lmdb {phantom}"):
+    not_stored = rf"'002/00000099' is listed in meta_info.txt but not stored in the lmdb {phantom}"
+    with pytest.raises(KeyError, match=not_stored):
         make('REDSClipDataset', gt_phantom)
 
     with pytest.raises(ValueError, match=r"clip '001' has 20 frames, fewer than the 21"):
@@ -226,7 +226,8 @@ def test_bad_input_errors_at_construction(sample, tmp_path):
     with pytest.raises(ValueError, match=r"fewer than the 39 that num_frame=20 with interval 2"):
         make('REDSClipDataset', reds_opt(sample, 'disk', num_frame=20))
     with pytest.raises(ValueError, match=r"GT frame .* is 128x192 but the LQ frame .* is 64x96; with scale=4"):
-        make('REDSWindowDataset', reds_opt(sample, 'lmdb', scale=4, dataroot_lq=reds_opt(sample, 'lmdb', 2)['dataroot_lq']))
+        x2_lq = reds_opt(sample, 'lmdb', 2)['dataroot_lq']
+        make('REDSWindowDataset', reds_opt(sample, 'lmdb', scale=4, dataroot_lq=x2_lq))
     with pytest.raises(ValueError, match=r"is 128x192 but the LQ frame .* is 64x96; with scale=4"):
         make('VideoClipTestDataset', dict(reds_opt(sample, 'disk', 2), name='x', scale=4))
 
@@ -247,4 +248,5 @@ def test_bad_input_errors_at_construction(sample, tmp_path):
         make('REDSWindowDataset', reds_opt(sample, 'disk', dataroot_lq=str(broken)))
     with pytest.raises(KeyError, match=r"Clip\(s\) \['999'\] have no keys in the lmdb"):
         (tmp_path / 'm999.txt').write_text('999 20\n')
-        make('VideoClipTestDataset', dict(reds_opt(sample, 'lmdb'), name='x', meta_info_file=str(tmp_path / 'm999.txt')))
+        make('VideoClipTestDataset', dict(reds_opt(sample, 'lmdb'), name='x',
+                                          meta_info_file=str(tmp_path / 'm999.txt')))
