@@ -23,10 +23,11 @@ from vsrkit.utils.tiling import tiled_forward
 
 
 def bicubic_upscale(lq: torch.Tensor, scale: int) -> np.ndarray:
-    """MATLAB-compatible bicubic upscaling of a (1, C, h, w) RGB tensor in [0, 1] -> uint8 BGR HWC image."""
+    """MATLAB-compatible bicubic upscaling of a (1, C, h, w) tensor in [0, 1] -> uint8 image laid out as
+    ``tensor2img`` lays out the network's output: BGR HWC for RGB, HW for one channel (grey, Y)."""
     rgb = lq[0].permute(1, 2, 0).double().cpu().numpy()
-    up = np.clip(imresize(rgb, scale), 0, 1)
-    return np.round(up[..., ::-1] * 255.0).astype(np.uint8)
+    up = np.round(np.clip(imresize(rgb, scale), 0, 1)[..., ::-1] * 255.0).astype(np.uint8)
+    return up[..., 0] if up.shape[2] == 1 else up
 
 
 @register(MODEL_REGISTRY)

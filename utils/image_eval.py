@@ -1,0 +1,171 @@
+"""The Set5-style evaluation protocol for single-image SR networks, and building a network from a checkpoint.
+
+Protocol (as VDSR, SRCNN and most SR papers report): ground-truth image, cropped to a multiple of the scale →
+MATLAB-compatible bicubic downscaling (basicsr's ``imresize``), rounded to uint8 → network → uint8 output →
+PSNR and SSIM on the Y channel (ITU-R BT.601, basicsr's ``calculate_psnr`` / ``calculate_ssim`` with
+``test_y_channel=True``) after shaving ``scale`` pixels from every border. Bicubic upscaling of the same LR image
+is scored the same way beside it.
+
+Three kinds of network run through it, told apart by their first convolution and one probe call
+(:func:`input_mode`):
+
+- ``'rgb'``: RGB in, RGB x scale out (ELSR, ViTSR, ...);
+- ``'y'``: the Y channel in, Y x scale out; Cb/Cr are upscaled bicubically;
+- ``'y_upscaled'``: the Y channel of the bicubic-upscaled image in, a refined Y of the same size out (VDSR);
+  the result is put back together with the bicubic Cb/Cr.
+
+Differences from VDSR's own MATLAB evaluation: its LR image is the Y channel downscaled in double precision,
+here the whole RGB image is downscaled and rounded to uint8 (a real low-resolution image), and the output is
+scored after conversion to a uint8 image; both shift PSNR by a few hundredths of a dB.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
+from basicsr.metrics import calculate_psnr, calculate_ssim
+from basicsr.utils.color_util import bgr2ycbcr, ycbcr2bgr
+from basicsr.utils.matlab_functions import imresize
+from vsrkit.data.lmdb_io import scan_images
+from vsrkit.utils.checkpoint import extract_state_dict, load_file
+from vsrkit.utils.registry import ARCH_REGISTRY
+
+MODES = ('rgb', 'y', 'y_upscaled')
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
+    """Crop the bottom/right so that height and width are multiples of ``scale``."""
+    h, w = image.shape[:2]
+    return image[:h - h % scale, :w - w % scale]
+
+
+def bicubic_downscale(image: np.ndarray, scale: int) -> np.ndarray:
+    """uint8 image (H, W[, C]) → MATLAB-bicubic x1/scale, rounded to uint8."""
+    return _to_uint8(imresize(image.astype(np.float64) / 255.0, 1.0 / scale))
+
+
+def bicubic_upscale(image: np.ndarray, scale: int) -> np.ndarray:
+    """float image in [0, 1] (H, W[, C]) → MATLAB-bicubic x scale, float (not clipped)."""
+    return imresize(image.astype(np.float64), scale)
+
+
+# ------------------------------------------------------------------------------------------ networks
+def network_options(checkpoint: Any, opt_path: str | Path | None = None, arch: str | None = None,
+                    scale: int | None = None, source: str = 'checkpoint') -> dict:
+    """``network_g`` options: the checkpoint's own entry, else the options file's, else ``{'type': arch}``
+    (plus ``scale`` when the architecture takes one)."""
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('network_g'), dict):
+        return dict(checkpoint['network_g'])
+    if opt_path is not None:
+        opt = yaml.safe_load(Path(opt_path).read_text(encoding='utf-8')) or {}
+        if not isinstance(opt.get('network_g'), dict):
+            raise KeyError(f'{opt_path}: no network_g mapping')
+        return dict(opt['network_g'])
+    if arch is None:
+        raise ValueError(f"{source} has no 'network_g' entry: give the options file (--opt) or the "
+                         'architecture name (--arch)')
+    if arch not in ARCH_REGISTRY:
+        raise KeyError(f"unknown architecture '{arch}'; registered: {', '.join(sorted(ARCH_REGISTRY.keys()))}")
+    options: dict[str, Any] = {'type': arch}
+    params = inspect.signature(ARCH_REGISTRY.get(arch)).parameters
+    for key in ('scale', 'upscale'):
+        if key in params and scale is not None:
+            options[key] = scale
+    return options
+
+
+def load_network(checkpoint_path: str | Path, opt_path: str | Path | None = None, arch: str | None = None,
+                 scale: int | None = None, device: str | torch.device = 'cpu',
+                 param_key: str | None = None) -> tuple[nn.Module, dict]:
+    """Build the network a checkpoint holds (see :func:`network_options`), load it strictly, eval mode.
+
+    Reads through :func:`vsrkit.utils.checkpoint.load_file` (safe for the published whole-module VDSR pickles).
+    Returns (network, its network_g options)."""
+    import vsrkit.archs  # noqa: F401  (registers the architectures)
+
+    checkpoint = load_file(checkpoint_path)
+    options = network_options(checkpoint, opt_path, arch, scale, source=str(checkpoint_path))
+    kwargs = {k: v for k, v in options.items() if k != 'type'}
+    net = ARCH_REGISTRY.get(options['type'])(**kwargs)
+    net.load_state_dict(extract_state_dict(checkpoint, param_key, source=str(checkpoint_path)), strict=True)
+    return net.to(device).eval(), options
+
+
+@torch.no_grad()
+def input_mode(net: nn.Module, scale: int) -> str:
+    """'rgb', 'y' or 'y_upscaled' (module docstring), from the first conv's input channels and a probe call."""
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise ValueError(f'{type(net).__name__}: no Conv2d found to tell its input channels')
+    channels = first.in_channels
+    if channels not in (1, 3):
+        raise ValueError(f'{type(net).__name__} takes {channels} input channels; expected 1 (Y) or 3 (RGB)')
+    param = next(net.parameters())
+    size = 8
+    out = net(torch.zeros(1, channels, size, size, dtype=param.dtype, device=param.device))
+    out_size = out.shape[-1]
+    if channels == 1 and out_size == size:
+        return 'y_upscaled'
+    if out_size != size * scale:
+        raise ValueError(f'{type(net).__name__} maps {size}x{size} to {out.shape[-2]}x{out_size}, not x{scale}')
+    return 'rgb' if channels == 3 else 'y'
+
+
+@torch.no_grad()
+def super_resolve(net: nn.Module, lr: np.ndarray, scale: int, mode: str) -> np.ndarray:
+    """uint8 BGR LR image (h, w, 3) → uint8 BGR SR image (h·scale, w·scale, 3) by ``net`` in ``mode``."""
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    param = next(net.parameters())
+
+    def run(channels: np.ndarray) -> np.ndarray:  # (H, W, C) float → network → (H', W', C') float
+        x = torch.from_numpy(np.ascontiguousarray(channels.transpose(2, 0, 1))).unsqueeze(0)
+        y = net(x.to(device=param.device, dtype=param.dtype)).float().clamp(0, 1)
+        return y[0].permute(1, 2, 0).cpu().numpy().astype(np.float64)
+
+    lr_f = lr.astype(np.float64) / 255.0
+    if mode == 'rgb':
+        return _to_uint8(run(lr_f[..., ::-1])[..., ::-1])
+    ycbcr = bgr2ycbcr(bicubic_upscale(lr_f, scale).astype(np.float32))
+    y_in = ycbcr[..., :1] if mode == 'y_upscaled' else bgr2ycbcr(lr_f.astype(np.float32))[..., :1]
+    ycbcr[..., :1] = run(y_in.astype(np.float64))
+    return _to_uint8(ycbcr2bgr(ycbcr))
+
+
+def score(image: np.ndarray, gt: np.ndarray, scale: int, y_only: bool = True) -> dict[str, float]:
+    """PSNR and SSIM of a uint8 BGR image against GT, ``scale`` pixels shaved (Y channel unless ``y_only=False``)."""
+    return {'psnr': float(calculate_psnr(image, gt, crop_border=scale, test_y_channel=y_only)),
+            'ssim': float(calculate_ssim(image, gt, crop_border=scale, test_y_channel=y_only))}
+
+
+def evaluate_images(net: nn.Module, gt_dir: str | Path, scale: int, y_only: bool = True) -> list[dict[str, Any]]:
+    """The protocol (module docstring) over every image of ``gt_dir``: one row per image with
+    name, bicubic_psnr, psnr, bicubic_ssim, ssim."""
+    items = scan_images(gt_dir)
+    if not items:
+        raise FileNotFoundError(f'no images found in {gt_dir}')
+    mode = input_mode(net, scale)
+    rows = []
+    for key, path in items:
+        gt = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if gt is None:
+            raise ValueError(f'cannot decode image {path}')
+        gt = mod_crop(gt, scale)
+        lr = bicubic_downscale(gt, scale)
+        bicubic = _to_uint8(bicubic_upscale(lr.astype(np.float64) / 255.0, scale))
+        ours, base = score(super_resolve(net, lr, scale, mode), gt, scale, y_only), score(bicubic, gt, scale, y_only)
+        rows.append({'name': key, 'bicubic_psnr': base['psnr'], 'psnr': ours['psnr'],
+                     'bicubic_ssim': base['ssim'], 'ssim': ours['ssim']})
+    return rows
