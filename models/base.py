@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
+import vsrkit.archs  # noqa: F401  (model types build networks and losses by name from these registries)
+import vsrkit.losses  # noqa: F401
 from vsrkit.models.optim import build_optimizer, build_scheduler
 from vsrkit.utils.checkpoint import atomic_save, extract_state_dict, load_file
 from vsrkit.utils.dist import all_gather_objects, choose_device, get_rank_world
@@ -172,12 +173,12 @@ class TrainableModel:
     def update_ema(self) -> None:
         if self.net_g_ema is None:
             return
-        source = unwrap(self.net_g).state_dict()
-        for key, value in self.net_g_ema.state_dict().items():
-            if value.dtype.is_floating_point:
-                value.lerp_(source[key].to(value.dtype), 1 - self.ema_decay)
-            else:
-                value.copy_(source[key])
+        # parameters()/buffers() list a tied tensor once (state_dict() would update it once per alias)
+        net = unwrap(self.net_g)
+        for ema, live in zip(self.net_g_ema.parameters(), net.parameters()):
+            ema.lerp_(live.detach().to(ema.dtype), 1 - self.ema_decay)
+        for ema, live in zip(self.net_g_ema.buffers(), net.buffers()):
+            ema.copy_(live)
 
     def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
         """Advance the scheduler by one optimizer step (warm-up is part of the scheduler, see models.optim)."""
