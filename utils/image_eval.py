@@ -6,7 +6,7 @@ PSNR and SSIM on the Y channel (ITU-R BT.601, basicsr's ``calculate_psnr`` / ``c
 ``test_y_channel=True``) after shaving ``scale`` pixels from every border. Bicubic upscaling of the same LR image
 is scored the same way beside it.
 
-Three kinds of network run through it, told apart by their first convolution and one probe call
+Three kinds of network run through it, told apart by probe calls
 (:func:`input_mode`):
 
 - ``'rgb'``: RGB in, RGB x scale out (ELSR, ViTSR, ...);
@@ -34,7 +34,6 @@ import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.color_util import bgr2ycbcr, ycbcr2bgr
 from basicsr.utils.matlab_functions import imresize
-from vsrkit.data.lmdb_io import scan_images
 from vsrkit.utils.checkpoint import extract_state_dict, load_file
 from vsrkit.utils.registry import ARCH_REGISTRY
 
@@ -105,16 +104,17 @@ def load_network(checkpoint_path: str | Path, opt_path: str | Path | None = None
 
 @torch.no_grad()
 def input_mode(net: nn.Module, scale: int) -> str:
-    """'rgb', 'y' or 'y_upscaled' (module docstring), from the first conv's input channels and a probe call."""
-    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is None:
-        raise ValueError(f'{type(net).__name__}: no Conv2d found to tell its input channels')
-    channels = first.in_channels
-    if channels not in (1, 3):
-        raise ValueError(f'{type(net).__name__} takes {channels} input channels; expected 1 (Y) or 3 (RGB)')
+    """'rgb', 'y' or 'y_upscaled' (module docstring), from probe calls with 3- and 1-channel inputs."""
     param = next(net.parameters())
     size = 8
-    out = net(torch.zeros(1, channels, size, size, dtype=param.dtype, device=param.device))
+    for channels in (3, 1):
+        try:
+            out = net(torch.zeros(1, channels, size, size, dtype=param.dtype, device=param.device))
+            break
+        except RuntimeError:  # the wrong number of input channels for the first conv
+            continue
+    else:
+        raise ValueError(f'{type(net).__name__} accepts neither 3-channel (RGB) nor 1-channel (Y) images')
     out_size = out.shape[-1]
     if channels == 1 and out_size == size:
         return 'y_upscaled'
@@ -153,6 +153,8 @@ def score(image: np.ndarray, gt: np.ndarray, scale: int, y_only: bool = True) ->
 def evaluate_images(net: nn.Module, gt_dir: str | Path, scale: int, y_only: bool = True) -> list[dict[str, Any]]:
     """The protocol (module docstring) over every image of ``gt_dir``: one row per image with
     name, bicubic_psnr, psnr, bicubic_ssim, ssim."""
+    from vsrkit.data.lmdb_io import scan_images  # here: vsrkit.data's datasets import this module
+
     items = scan_images(gt_dir)
     if not items:
         raise FileNotFoundError(f'no images found in {gt_dir}')
