@@ -26,6 +26,7 @@ setup(
     python_requires='>=3.10',
     packages=[f'vsrkit.{name}' for name in SUBPACKAGES],
     package_dir={f'vsrkit.{name}': name for name in SUBPACKAGES},
+    package_data={'vsrkit.data': ['meta_info/*.txt']},
     install_requires=read_requirements(),
-    entry_points={'console_scripts': ['vsrkit-train = vsrkit.utils.train_cli:main']},
+    entry_points={'console_scripts': ['vsrkit-train = vsrkit.utils.train_loop:main']},
 )
