@@ -1,12 +1,20 @@
-"""Overlapping spatial tiles with blended seams: run any SR network on frames larger than memory allows.
+"""Overlapping tiles with blended seams, in space and in time: run any SR network on frames larger, and clips
+longer, than memory allows.
 
 ``tiled_forward`` cuts the LR input into ``tile`` x ``tile`` tiles overlapping by ``overlap`` pixels, runs
 ``fn`` on each (padded to the network's size ``multiple``), and blends the upscaled tiles with weights that
 ramp linearly across each overlap, so seams do not show. Shared by validation, the inference scripts and
 video upscaling.
+
+Time is one more tiled axis, with the same start positions and the same ramps: ``chunk`` / ``chunk_overlap``
+cut a (B, T, C, H, W) clip into overlapping runs of frames for recurrent networks. ``stream_forward`` is that
+temporal tiling over a frame *iterator*: it reads frames lazily and yields each output frame as soon as no
+later chunk can change it, so memory holds about one chunk whatever the clip length; ``tiled_forward`` with
+``chunk`` is ``stream_forward`` over the clip's frames, so both give identical results.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Callable
 
 import torch
@@ -53,12 +61,21 @@ def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tens
 
 
 def tiled_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int, tile: int | None,
-                  overlap: int = 16, multiple: int = 1) -> torch.Tensor:
+                  overlap: int = 16, multiple: int = 1, chunk: int | None = None,
+                  chunk_overlap: int = 0) -> torch.Tensor:
     """Apply ``fn`` (LR (..., C, h, w) -> SR (..., C', h*scale, w*scale)) tile by tile; see module docstring.
 
     ``tile=None`` (or a tile covering the whole input) is one padded call. Leading dims (batch, time) pass
-    through, so recurrent video networks tile the same way as image networks.
+    through, so recurrent video networks tile the same way as image networks. ``chunk``: ``x`` is
+    (B, T, C, h, w) and ``fn`` sees at most ``chunk`` frames at a time, consecutive chunks sharing
+    ``chunk_overlap`` frames that are blended like tile seams (see :func:`stream_forward`).
     """
+    if chunk is not None:
+        if x.dim() != 5:
+            raise ValueError(f'temporal chunking needs a (B, T, C, H, W) input, got shape {tuple(x.shape)}')
+        frames = stream_forward(lambda clip: fn(clip.movedim(0, 1)).movedim(1, 0), x.unbind(1), scale, chunk,
+                                chunk_overlap, tile, overlap, multiple)
+        return torch.stack(list(frames), dim=1)
     h, w = x.shape[-2:]
     if tile is None or (h <= tile and w <= tile):
         return padded_forward(fn, x, scale, multiple)
@@ -80,3 +97,69 @@ def tiled_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, s
             out[..., y * scale:y * scale + th, x0 * scale:x0 * scale + tw] += result * weight
             weight_sum[y * scale:y * scale + th, x0 * scale:x0 * scale + tw] += weight
     return out / weight_sum
+
+
+def stream_forward(fn: Callable[[torch.Tensor], torch.Tensor], frames: Iterable[torch.Tensor], scale: int,
+                   chunk: int, chunk_overlap: int = 0, tile: int | None = None, overlap: int = 16,
+                   multiple: int = 1) -> Iterator[torch.Tensor]:
+    """Run ``fn`` over overlapping temporal chunks of a frame stream; yield the output frames in order.
+
+    frames: tensors of one shape (..., C, h, w) (a frame, or a window of frames); ``fn`` maps them stacked
+    along a new first dim, (t, ..., C, h, w) with t <= ``chunk``, to (t, ..., C', h*scale, w*scale). Chunks
+    start every ``chunk - chunk_overlap`` frames, the last one ends at the last frame (as tiles do); frames
+    covered by two chunks are blended with linear ramps over ``chunk_overlap`` frames. Each chunk is tiled in
+    space by :func:`tiled_forward` (``tile``, ``overlap``, ``multiple``). One frame of look-ahead tells whether
+    a chunk is the last, so a stream of unknown length is handled; at most ``chunk + 1`` input and ``chunk``
+    output frames are held.
+    """
+    if chunk < 1 or not 0 <= chunk_overlap < chunk:
+        raise ValueError(f'chunk must be >= 1 and 0 <= chunk_overlap < chunk, got chunk={chunk}, '
+                         f'chunk_overlap={chunk_overlap}')
+    source = iter(frames)
+    inputs: dict[int, torch.Tensor] = {}
+    sums: dict[int, torch.Tensor] = {}
+    weights: dict[int, float] = {}
+    read = emitted = start = 0
+
+    def read_until(count: int) -> None:
+        nonlocal read
+        while read < count:
+            frame = next(source, None)
+            if frame is None:
+                return
+            inputs[read] = frame
+            read += 1
+
+    def emit_until(end: int) -> Iterator[torch.Tensor]:
+        nonlocal emitted
+        while emitted < end:
+            yield sums.pop(emitted) / weights.pop(emitted)
+            emitted += 1
+
+    first = True
+    while True:
+        read_until(start + chunk + 1)
+        if read == 0:
+            return
+        last = read <= start + chunk
+        if last:  # the last chunk ends at the last frame, possibly overlapping its predecessor more
+            start = max(0, read - chunk)
+        yield from emit_until(start)
+        for index in [i for i in inputs if i < start]:
+            del inputs[index]
+        indices = range(start, min(start + chunk, read))
+        out = tiled_forward(fn, torch.stack([inputs[i] for i in indices]), scale, tile, overlap, multiple)
+        ramp = _ramp(len(indices), chunk_overlap, at_start=first, at_end=last)
+        for offset, index in enumerate(indices):
+            weight = float(ramp[offset])
+            contribution = out[offset].float() * weight
+            if index in sums:
+                sums[index] += contribution
+                weights[index] += weight
+            else:
+                sums[index], weights[index] = contribution, weight
+        if last:
+            yield from emit_until(read)
+            return
+        first = False
+        start += chunk - chunk_overlap
