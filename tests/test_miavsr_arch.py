@@ -257,7 +257,7 @@ def test_bug_e_batch_inference_equals_single_clips():
     with torch.no_grad():
         both, ratios = model(lqs, return_keep_ratios=True)
         single = torch.cat([model(lqs[i:i + 1]) for i in range(2)])
-    assert 0.05 < ratios.mean() < 0.95
+    assert 0.05 < ratios.mean() < 0.99  # a real subset is kept
     assert torch.allclose(both, single, atol=1e-5)
 
 
