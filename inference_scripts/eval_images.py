@@ -3,7 +3,7 @@
 
 Usage:
     python inference_scripts/eval_images.py --model CKPT --input GT_DIR --scale S [--opt YML | --arch NAME]
-                                            [--rgb] [--device cpu|cuda]
+                                            [--y-only | --rgb] [--device cpu|cuda]
 
 Each GT image (cropped to a multiple of S) is downscaled with MATLAB-compatible bicubic, super-resolved by the
 model and scored with PSNR and SSIM on the Y channel, S border pixels shaved (``--rgb``: on RGB instead);
@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument('--opt', help="options YAML whose network_g builds the model (if the checkpoint has none)")
     source.add_argument('--arch', help="registered architecture name (if the checkpoint has no network_g)")
-    parser.add_argument('--rgb', action='store_true', help='score RGB instead of the Y channel (default: Y only)')
+    channels = parser.add_mutually_exclusive_group()
+    channels.add_argument('--y-only', dest='rgb', action='store_false', help='score the Y channel (the default)')
+    channels.add_argument('--rgb', dest='rgb', action='store_true', help='score RGB instead of the Y channel')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = parser.parse_args(argv)
     try:

@@ -145,3 +145,28 @@ def test_eval_images_published_vdsr_beats_bicubic(reference_checkpoint, photo_di
         assert 28.0 < row['psnr'] < 45.0
         assert row['ssim'] > row['bicubic_ssim']
     assert f"{np.mean([r['psnr'] for r in rows]):.4f}" in printed
+
+
+def test_pruned_finetune_options_load_a_pruned_checkpoint(reference_checkpoint, tmp_path):
+    """scripts/prune.py output + options/vdsr_pruned_finetune.yml: the widths in network_g match the shrunk
+    checkpoint, which loads strictly and equals the published pruned file."""
+    import subprocess
+    import sys
+
+    from vsrkit.utils.checkpoint import load_file
+
+    pruned = tmp_path / 'vdsr_l1_pruned.pth'
+    subprocess.run([sys.executable, str(ROOT / 'scripts' / 'prune.py'), '--model',
+                    str(reference_checkpoint('vdsr_model_epoch_50.pth')), '--sparsity', '0.5', '--output', str(pruned)],
+                   check=True, capture_output=True)
+    opt = load_options(ROOT / 'options' / 'vdsr_pruned_finetune.yml', root=ROOT,
+                       overrides=[f'path:pretrain_network_g={pruned}'])
+    opt['device'] = 'cpu'
+    model = ImageSRModel(opt)
+    assert model.net_g.widths == load_file(pruned)['network_g']['widths'] == [32] * 19
+    published = load_file(reference_checkpoint('vdsr_l1_pruned_no_finetune.pth'))['params']
+    loaded = model.net_g.state_dict()
+    assert loaded.keys() == published.keys()
+    for key, value in published.items():
+        assert torch.equal(loaded[key], value), key
+    assert sum(v.numel() for v in loaded.values()) == 166_464
