@@ -263,7 +263,7 @@ def load_model(path: str | Path, arch: str | None = None, options: dict[str, Any
 
     ``arch`` / ``options`` (a network_g dict or an options YAML) override what the checkpoint says and what its
     shapes say (module docstring). Returns (network, info) with info = {'arch', 'options', 'io' (ModelIO),
-    'detected' (bool: the architecture came from shapes alone)}."""
+    'source': where the architecture came from: 'shapes', 'network_g' (the checkpoint's) or 'options'}."""
     checkpoint = load_file(path)
     explicit = _explicit_options(options)
     name = arch or explicit.get('type')
@@ -282,8 +282,9 @@ def load_model(path: str | Path, arch: str | None = None, options: dict[str, Any
     except (TypeError, RuntimeError) as err:
         raise ValueError(f'{path}: cannot load as {name}({merged}): {err}') from None
     io = model_io(name, merged)
-    return net.to(device).eval(), {'arch': name, 'options': merged, 'io': io,
-                                   'detected': arch is None and not explicit and detected_name == name}
+    has_network_g = isinstance(checkpoint, dict) and isinstance(checkpoint.get('network_g'), dict)
+    source = 'options' if arch or explicit else 'network_g' if has_network_g else 'shapes'
+    return net.to(device).eval(), {'arch': name, 'options': merged, 'io': io, 'source': source}
 
 
 def model_io(arch: str, options: dict[str, Any]) -> ModelIO:
