@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     channels = parser.add_mutually_exclusive_group()
     channels.add_argument('--y-only', dest='rgb', action='store_false', help='score the Y channel (the default)')
     channels.add_argument('--rgb', dest='rgb', action='store_true', help='score RGB instead of the Y channel')
+    parser.set_defaults(rgb=False)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = parser.parse_args(argv)
     try:

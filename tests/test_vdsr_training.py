@@ -131,7 +131,7 @@ def test_eval_images_published_vdsr_beats_bicubic(reference_checkpoint, photo_di
     checkpoint = reference_checkpoint('vdsr_model_epoch_50.pth')
     assert eval_main(['--model', str(checkpoint), '--input', str(photo_dir), '--scale', '2', '--device', 'cpu']) == 0
     printed = capsys.readouterr().out
-    assert 'VDSR (y_upscaled input) x2' in printed and 'average' in printed
+    assert 'VDSR (y_upscaled input) x2' in printed and 'Y PSNR' in printed and 'average' in printed
 
     net, options = load_network(checkpoint)  # legacy whole-module pickle, read safely; network_g from the file
     assert options['widths'] == [64] * 19
