@@ -109,8 +109,9 @@ def stream_forward(fn: Callable[[torch.Tensor], torch.Tensor], frames: Iterable[
     start every ``chunk - chunk_overlap`` frames, the last one ends at the last frame (as tiles do); frames
     covered by two chunks are blended with linear ramps over ``chunk_overlap`` frames. Each chunk is tiled in
     space by :func:`tiled_forward` (``tile``, ``overlap``, ``multiple``). One frame of look-ahead tells whether
-    a chunk is the last, so a stream of unknown length is handled; at most ``chunk + 1`` input and ``chunk``
-    output frames are held.
+    a chunk is the last, so a stream of unknown length is handled. A frame is output once the next chunk's
+    start is known, so at most ``2 * chunk - chunk_overlap + 1`` frames are read ahead of the output: memory
+    is bounded by the chunk, not by the clip.
     """
     if chunk < 1 or not 0 <= chunk_overlap < chunk:
         raise ValueError(f'chunk must be >= 1 and 0 <= chunk_overlap < chunk, got chunk={chunk}, '
