@@ -256,6 +256,9 @@ class Trainer:
                     f'iterations {start_iter + 1}..{total_iter}, {accumulate} micro-batch(es) per iteration')
         epoch = consumed // self.batches_per_epoch
         current_iter = start_iter
+        if self.val_sets and start_iter == 0 and (opt.get('val') or {}).get('validate_at_start'):
+            self.validate(model, 0)  # the starting point, e.g. a pretrained net or an arch that starts at bicubic
+        progress.resume()
         saved_at = None
         while current_iter < total_iter:
             current_iter += 1
