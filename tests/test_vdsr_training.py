@@ -150,15 +150,16 @@ def test_eval_images_published_vdsr_beats_bicubic(reference_checkpoint, photo_di
 def test_pruned_finetune_options_load_a_pruned_checkpoint(reference_checkpoint, tmp_path):
     """scripts/prune.py output + options/vdsr_pruned_finetune.yml: the widths in network_g match the shrunk
     checkpoint, which loads strictly and equals the published pruned file."""
-    import subprocess
-    import sys
+    import importlib.util
 
     from vsrkit.utils.checkpoint import load_file
 
+    spec = importlib.util.spec_from_file_location('prune_script', ROOT / 'scripts' / 'prune.py')
+    prune_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prune_script)
     pruned = tmp_path / 'vdsr_l1_pruned.pth'
-    subprocess.run([sys.executable, str(ROOT / 'scripts' / 'prune.py'), '--model',
-                    str(reference_checkpoint('vdsr_model_epoch_50.pth')), '--sparsity', '0.5', '--output', str(pruned)],
-                   check=True, capture_output=True)
+    assert prune_script.main(['--model', str(reference_checkpoint('vdsr_model_epoch_50.pth')), '--sparsity', '0.5',
+                              '--output', str(pruned)]) == 0
     opt = load_options(ROOT / 'options' / 'vdsr_pruned_finetune.yml', root=ROOT,
                        overrides=[f'path:pretrain_network_g={pruned}'])
     opt['device'] = 'cpu'
