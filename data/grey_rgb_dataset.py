@@ -3,7 +3,7 @@
 The original pairs a folder of grey frames with a folder of RGB frames by file name. Here ``dataroot_gt`` holds the
 RGB frames (a folder of frames, or of clip sub-folders such as REDS's ``000/00000000.png``, or a BasicSR lmdb);
 the grey input is read from ``dataroot_lq`` under the same key when given, else made from the RGB frame with
-ITU-R BT.601 luma weights (OpenCV's ``COLOR_BGR2GRAY``, what PIL's ``convert('L')`` computes), rounded to uint8
+ITU-R BT.601 luma weights (OpenCV's ``COLOR_BGR2GRAY``; PIL's ``convert('L')`` uses the same weights), rounded to uint8
 like a stored grey frame.
 
 Options: dataroot_gt, dataroot_lq (optional), io_backend ({type: disk|lmdb}), filename_ext (disk, default png),
