@@ -16,9 +16,11 @@ import vsrkit.archs  # noqa: F401
 from basicsr.archs.basicvsr_arch import BasicVSR
 from basicsr.archs.edvr_arch import EDVR
 from basicsr.data.data_util import generate_frame_indices
+from basicsr.utils.color_util import rgb2ycbcr_pt, ycbcr2rgb
 from vsrkit.archs.convlstm_arch import ConvLSTM
 from vsrkit.archs.elsr_arch import ELSR
 from vsrkit.archs.grey2rgb_arch import Grey2RGBAutoEncoder
+from vsrkit.archs.vdsr_arch import VDSR
 from vsrkit.archs.vit_arch import ViTSR
 from vsrkit.inference_scripts import upscale_video
 from vsrkit.inference_scripts.upscale_video import main
@@ -243,6 +245,24 @@ def test_basicvsr_pads_small_frames_to_its_minimum(small_frames, tmp_path):
     assert main([str(folder), str(tmp_path / 'out'), '--model', str(ckpt), '--quiet']) == 0
     expected = (out.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
     assert np.abs(np.stack(read_pngs(tmp_path / 'out')).astype(int) - expected).max() <= 1
+
+
+def test_vdsr_refines_the_bicubic_y_channel(small_frames, tmp_path):
+    folder = small_frames[0]
+    torch.manual_seed(0)
+    net = VDSR(num_channels=4, num_layers=2).eval()
+    ckpt = save(net, tmp_path / 'vdsr.pth')
+    assert main([str(folder), str(tmp_path / 'out'), '--model', str(ckpt), '--scale', '3', '--quiet']) == 0
+    got = read_pngs(tmp_path / 'out')
+    lr = torch.from_numpy(small_frames[1][0]).permute(2, 0, 1)[None].float() / 255
+    up = F.interpolate(lr, scale_factor=3, mode='bicubic', align_corners=False).clamp(0, 1)
+    ycbcr = rgb2ycbcr_pt(up)
+    with torch.no_grad():
+        ycbcr[:, :1] = net(ycbcr[:, :1])
+    rgb = ycbcr2rgb(ycbcr[0].permute(1, 2, 0).numpy().astype(np.float32))  # basicsr's inverse, independent of ours
+    expected = np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+    assert len(got) == 7 and got[0].shape == (72, 96, 3)
+    assert np.abs(got[0].astype(int) - expected).max() <= 1 and (got[0] == expected).mean() > 0.99
 
 
 def test_odd_sizes_and_greyscale_input(tmp_path):
