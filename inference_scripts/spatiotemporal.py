@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Spatio-temporal fusion: a grey (or colour, converted to grey) frame folder or video → twice the frame rate, in colour.
+"""Spatio-temporal fusion: grey (or colour, made grey) frames or a video → twice the frame rate, in colour.
 
 Usage:
     python inference_scripts/spatiotemporal.py INPUT OUTPUT --colorizer CKPT --interpolator CKPT

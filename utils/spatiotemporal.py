@@ -28,7 +28,8 @@ def read_frames(path: str | os.PathLike) -> list[np.ndarray]:
     """uint8 BGR frames of a folder of images (natural order) or of a video file (decoded with PyAV)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMG_EXTENSIONS), key=lambda p: natural_key(p.name))
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMG_EXTENSIONS),
+                       key=lambda p: natural_key(p.name))
         if not files:
             raise FileNotFoundError(f'no image frames ({", ".join(IMG_EXTENSIONS)}) in {path}')
         frames = []
