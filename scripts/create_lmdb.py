@@ -3,6 +3,7 @@
     python scripts/create_lmdb.py --dataset reds --input datasets/REDS [--scale 4]
         train_sharp (+ val_sharp, renamed 240-269 as BasicSR's regroup does) -> train_sharp_with_val.lmdb
         train_sharp_bicubic/X4 (+ val_sharp_bicubic/X4)                     -> train_sharp_bicubic_with_val.lmdb
+        (another --scale S: train_sharp_bicubic/XS ...                     -> train_sharp_bicubic_XS_with_val.lmdb)
     python scripts/create_lmdb.py --dataset vimeo90k --input datasets/vimeo90k [--split train|test]
         vimeo_septuplet/sequences, all 7 frames of sep_{split}list.txt     -> vimeo90k_{split}_GT.lmdb
         vimeo_septuplet_matlabLRx4/sequences                               -> vimeo90k_{split}_LR7frames.lmdb
@@ -37,7 +38,9 @@ def reds_jobs(root: Path, scale: int) -> list[Job]:
     jobs = []
     for train, val, output in [('train_sharp', 'val_sharp', 'train_sharp_with_val.lmdb'),
                                (f'train_sharp_bicubic/X{scale}', f'val_sharp_bicubic/X{scale}',
-                                'train_sharp_bicubic_with_val.lmdb')]:
+                                # BasicSR's name for X4; other scales get their own, never X4's
+                                'train_sharp_bicubic_with_val.lmdb' if scale == 4
+                                else f'train_sharp_bicubic_X{scale}_with_val.lmdb')]:
         if not (root / train).is_dir():
             raise FileNotFoundError(f'REDS folder {root / train} does not exist (expected the official layout '
                                     f'{root}/train_sharp/000/00000000.png ...).')
