@@ -127,7 +127,8 @@ def run_case(config: dict) -> dict:
             raise SystemExit(f'vsrkit-upscale failed with exit code {code}')
         frames = config['frames']
     seconds = time.perf_counter() - start
-    return {'fps': frames / seconds, 'frames': frames, 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {'fps': frames / seconds, 'frames': frames, 'rss_mb': peak}
 
 
 def check_same_function(checkpoint: Path) -> float:

