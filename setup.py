@@ -28,5 +28,6 @@ setup(
     package_dir={f'vsrkit.{name}': name for name in SUBPACKAGES},
     package_data={'vsrkit.data': ['meta_info/*.txt']},
     install_requires=read_requirements(),
-    entry_points={'console_scripts': ['vsrkit-train = vsrkit.utils.train_loop:main']},
+    entry_points={'console_scripts': ['vsrkit-train = vsrkit.utils.train_loop:main',
+                                    'vsrkit-upscale = vsrkit.inference_scripts.upscale_video:main']},
 )

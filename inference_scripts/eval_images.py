@@ -7,9 +7,10 @@ Usage:
 
 Each GT image (cropped to a multiple of S) is downscaled with MATLAB-compatible bicubic, super-resolved by the
 model and scored with PSNR and SSIM on the Y channel, S border pixels shaved (``--rgb``: on RGB instead);
-bicubic upscaling is scored beside it. Prints a per-image table and the average. The architecture comes from the
-checkpoint's ``network_g`` entry (vsrkit training checkpoints, converted/legacy VDSR files), else from the options
-file's ``network_g`` (--opt), else --arch (its ``scale`` set to S when it takes one). VDSR-style networks (Y in,
+bicubic upscaling is scored beside it. Prints a per-image table and the average. The architecture comes from --opt
+(its ``network_g``) or --arch when given, else the checkpoint's ``network_g`` entry (vsrkit training
+checkpoints, converted/legacy VDSR files), else its keys and shapes (vsrkit.utils.arch_detect); a network that
+carries a scale must be the --scale one. VDSR-style networks (Y in,
 same size out) get the bicubic-upscaled Y and their output is recombined with the bicubic Cb/Cr. The protocol is
 :mod:`vsrkit.utils.image_eval`.
 """
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = parser.parse_args(argv)
     try:
-        net, options = load_network(args.model, args.opt, args.arch, args.scale, args.device)
+        net, options = load_network(args.model, args.opt, args.arch, args.device)
+        if options.get('scale', args.scale) != args.scale:
+            raise ValueError(f"{args.model} holds a x{options['scale']} {options['type']}, not x{args.scale} (--scale)")
         mode = input_mode(net, args.scale)
         rows = evaluate_images(net, args.input, args.scale, y_only=not args.rgb)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as err:

@@ -20,22 +20,18 @@ scored after conversion to a uint8 image; both shift PSNR by a few hundredths of
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.color_util import bgr2ycbcr, ycbcr2bgr
 from basicsr.utils.matlab_functions import imresize
-from vsrkit.utils.checkpoint import extract_state_dict, load_file
-from vsrkit.utils.registry import ARCH_REGISTRY
 
 MODES = ('rgb', 'y', 'y_upscaled')
 
@@ -61,45 +57,15 @@ def bicubic_upscale(image: np.ndarray, scale: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ networks
-def network_options(checkpoint: Any, opt_path: str | Path | None = None, arch: str | None = None,
-                    scale: int | None = None, source: str = 'checkpoint') -> dict:
-    """``network_g`` options: the checkpoint's own entry, else the options file's, else ``{'type': arch}``
-    (plus ``scale`` when the architecture takes one)."""
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('network_g'), dict):
-        return dict(checkpoint['network_g'])
-    if opt_path is not None:
-        opt = yaml.safe_load(Path(opt_path).read_text(encoding='utf-8')) or {}
-        if not isinstance(opt.get('network_g'), dict):
-            raise KeyError(f'{opt_path}: no network_g mapping')
-        return dict(opt['network_g'])
-    if arch is None:
-        raise ValueError(f"{source} has no 'network_g' entry: give the options file (--opt) or the "
-                         'architecture name (--arch)')
-    if arch not in ARCH_REGISTRY:
-        raise KeyError(f"unknown architecture '{arch}'; registered: {', '.join(sorted(ARCH_REGISTRY.keys()))}")
-    options: dict[str, Any] = {'type': arch}
-    params = inspect.signature(ARCH_REGISTRY.get(arch)).parameters
-    for key in ('scale', 'upscale'):
-        if key in params and scale is not None:
-            options[key] = scale
-    return options
-
-
 def load_network(checkpoint_path: str | Path, opt_path: str | Path | None = None, arch: str | None = None,
-                 scale: int | None = None, device: str | torch.device = 'cpu',
-                 param_key: str | None = None) -> tuple[nn.Module, dict]:
-    """Build the network a checkpoint holds (see :func:`network_options`), load it strictly, eval mode.
+                 device: str | torch.device = 'cpu') -> tuple[nn.Module, dict]:
+    """The network a checkpoint holds, strictly loaded, eval mode: ``vsrkit.utils.arch_detect.load_model``
+    (the checkpoint's ``network_g``, else recognised from its keys and shapes; ``opt_path``/``arch`` override).
+    Returns (network, its network_g options including 'type')."""
+    from vsrkit.utils.arch_detect import load_model
 
-    Reads through :func:`vsrkit.utils.checkpoint.load_file` (safe for the published whole-module VDSR pickles).
-    Returns (network, its network_g options)."""
-    import vsrkit.archs  # noqa: F401  (registers the architectures)
-
-    checkpoint = load_file(checkpoint_path)
-    options = network_options(checkpoint, opt_path, arch, scale, source=str(checkpoint_path))
-    kwargs = {k: v for k, v in options.items() if k != 'type'}
-    net = ARCH_REGISTRY.get(options['type'])(**kwargs)
-    net.load_state_dict(extract_state_dict(checkpoint, param_key, source=str(checkpoint_path)), strict=True)
-    return net.to(device).eval(), options
+    net, info = load_model(checkpoint_path, arch=arch, options=opt_path, device=device)
+    return net, {'type': info['arch'], **info['options']}
 
 
 @torch.no_grad()
