@@ -14,11 +14,12 @@ the SR frames as ``images/<clip>/<frame>.png``. ``--chunk``: long clips run in o
 (blended), so memory stays bounded.
 
 Defaults: checkpoint ``experiments/miavsr_reds/models/net_g_latest.pth`` (when absent and no --model is given:
-a message, and bicubic is scored alone); the network from the checkpoint's ``network_g`` entry, else from
-``--opt`` (default ``options/miavsr_reds.yml``); weights ``params_ema`` if present, else ``params``; data:
-BasicSR's REDS lmdbs ``datasets/REDS/train_sharp_with_val.lmdb`` / ``train_sharp_bicubic_with_val.lmdb`` with
-``data/meta_info/meta_info_REDS4_test_GT.txt``; where they are absent, the bundled sample clips 000/011/015
-(``datasets/sample/video``, built on first use) are evaluated instead, saying so — those are not REDS4 numbers.
+a message, and bicubic is scored alone); the network from ``--opt``'s network_g if given, else the checkpoint's
+``network_g`` entry, else recognised from its keys and shapes (``vsrkit.utils.arch_detect``); weights
+``params_ema`` if present, else ``params``; data: BasicSR's REDS lmdbs ``datasets/REDS/train_sharp_with_val.lmdb``
+/ ``train_sharp_bicubic_with_val.lmdb`` with ``data/meta_info/meta_info_REDS4_test_GT.txt``; where they are
+absent, the bundled sample clips 000/011/015 (``datasets/sample/video``, built on first use) are evaluated
+instead, saying so — those are not REDS4 numbers.
 The protocol is :mod:`vsrkit.utils.video_eval`.
 """
 from __future__ import annotations

@@ -9,8 +9,8 @@ Usage:
 Each septuplet's 7 LR frames (x4, MATLAB-bicubic) go through the network; only the centre frame (im4) is
 scored — the published Vimeo-90K-T numbers are its PSNR/SSIM on Y; RGB is reported beside. A row per
 septuplet, the average over septuplets, bicubic beside. Output, options and defaults as
-``inference_scripts/reds4.py`` (checkpoint ``experiments/miavsr_vimeo/models/net_g_latest.pth``, options
-``options/miavsr_vimeo.yml``, data ``datasets/vimeo90k/vimeo90k_test_GT.lmdb`` / ``vimeo90k_test_LR7frames.lmdb``
+``inference_scripts/reds4.py`` (checkpoint ``experiments/miavsr_vimeo/models/net_g_latest.pth``, the network
+as there, data ``datasets/vimeo90k/vimeo90k_test_GT.lmdb`` / ``vimeo90k_test_LR7frames.lmdb``
 with ``data/meta_info/meta_info_Vimeo90K_test_GT.txt``; the bundled sample septuplets where those are absent).
 """
 from __future__ import annotations

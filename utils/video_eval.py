@@ -179,6 +179,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 class Benchmark:
     """A test protocol for :func:`benchmark_main`: default files (relative to the project root) and scoring.
 
+    options: the options file that trains ``checkpoint`` (named in messages).
+
     dataset / sample_dataset: ``VideoClipTestDataset`` options for the real set and for the bundled sample
     stand-in used where the real set is absent. center_frame_only: score only each clip's centre frame."""
 
@@ -241,12 +243,12 @@ def _resolve(path: str | None) -> Path | None:
 def _dataset_options(args: argparse.Namespace, bench: Benchmark) -> tuple[dict, str]:
     """The real set when it (or a user-given path) exists, else the sample stand-in, with a message."""
     given = {'dataroot_gt': args.gt, 'dataroot_lq': args.lq, 'meta_info_file': args.meta_info}
-    if any(given.values()):
-        opt = {**bench.dataset, **{k: str(Path(v)) for k, v in given.items() if v}}
-        opt['io_backend'] = {'type': 'lmdb' if str(opt['dataroot_lq']).rstrip('/').endswith('.lmdb') else 'disk'}
-        return opt, f'{bench.name} at {opt["dataroot_lq"]}'
     real = {k: str(_resolve(v)) if k in ('dataroot_gt', 'dataroot_lq', 'meta_info_file') else v
             for k, v in bench.dataset.items()}
+    if any(given.values()):  # paths given on the command line (relative to the working directory)
+        opt = {**real, **{k: str(Path(v)) for k, v in given.items() if v}}
+        opt['io_backend'] = {'type': 'lmdb' if str(opt['dataroot_lq']).rstrip('/').endswith('.lmdb') else 'disk'}
+        return opt, f'{bench.name} at {opt["dataroot_lq"]}'
     if Path(real['dataroot_gt']).exists() and Path(real['dataroot_lq']).exists():
         return real, f'{bench.name} at {real["dataroot_lq"]}'
     sample = {k: str(_resolve(v)) if k in ('dataroot_gt', 'dataroot_lq', 'meta_info_file') else v
@@ -271,9 +273,8 @@ def benchmark_main(bench: Benchmark, argv: list[str] | None = None, description:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--model', help=f'checkpoint (.pth); default {bench.checkpoint} (bicubic only if absent)')
     parser.add_argument('--opt', default=None,
-                        help=f"options YAML whose network_g builds the model when the checkpoint has no "
-                             f"'network_g' entry; default {bench.options}")
-    parser.add_argument('--param-key', default=None, help='weights entry (default: params_ema, else params)')
+                        help="options YAML whose network_g builds the model (default: the checkpoint's own "
+                             "'network_g' entry, else the architecture recognised from its keys and shapes)")
     parser.add_argument('--gt', help='GT frames: lmdb or folder of clip folders (default: the standard path)')
     parser.add_argument('--lq', help='LR frames: lmdb or folder (lmdb when the path ends in .lmdb)')
     parser.add_argument('--meta-info', help='clip list (BasicSR meta_info format)')
@@ -295,8 +296,7 @@ def benchmark_main(bench: Benchmark, argv: list[str] | None = None, description:
             print(f'no checkpoint at {model} (train with options/{Path(bench.options).name} or pass --model): '
                   'scoring bicubic upscaling only.', file=sys.stderr)
         else:
-            opt_path = args.opt or _resolve(bench.options)
-            net, options = load_network(model, opt_path, device=args.device, param_key=args.param_key)
+            net, options = load_network(model, args.opt, device=args.device)  # params_ema preferred
             arch = f"{options['type']} ({model})"
         dtype = DTYPES[args.dtype]
         if dtype is torch.float16 and torch.device(args.device).type != 'cuda':
