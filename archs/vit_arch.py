@@ -117,18 +117,21 @@ class ViTSR(nn.Module):
         scale: upscaling factor (PixelShuffle).
         share_weights: one layer instance repeated ``depth`` times (the seed) instead of ``depth`` layers.
         window_size: None for global attention over all pixels (the seed); an int for shifted windows.
-        use_checkpoint: recompute each layer during backward to save activation memory.
+        use_checkpoint: recompute each layer during backward to save activation memory: True, False, or
+            'cuda' (only for inputs on a GPU, where memory is scarce; on CPU it would only cost time).
         residual: None (the seed) or 'bicubic': add bicubic upscaling of the input to the head's output.
         clamp_output: clamp to [0, 1] as the seed does.
     """
 
     def __init__(self, in_chans: int = 3, embed_dim: int = 128, num_heads: int = 4, depth: int = 4,
                  mlp_dim: int = 512, dropout: float = 0.1, scale: int = 2, share_weights: bool = True,
-                 window_size: int | None = None, use_checkpoint: bool = False, residual: str | None = None,
+                 window_size: int | None = None, use_checkpoint: bool | str = False, residual: str | None = None,
                  clamp_output: bool = True) -> None:
         super().__init__()
         if residual not in (None, 'bicubic'):
             raise ValueError(f"ViTSR residual must be None or 'bicubic', got {residual!r}")
+        if use_checkpoint not in (True, False, 'cuda'):
+            raise ValueError(f"ViTSR use_checkpoint must be true, false or 'cuda', got {use_checkpoint!r}")
         if window_size is not None and window_size < 2:
             raise ValueError(f'ViTSR window_size must be None or >= 2, got {window_size}')
         self.scale = scale
@@ -153,7 +156,8 @@ class ViTSR(nn.Module):
             nn.init.zeros_(self.upsample[2].bias)
 
     def _run_layer(self, layer: nn.Module, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if self.use_checkpoint and torch.is_grad_enabled():
+        wanted = self.use_checkpoint is True or (self.use_checkpoint == 'cuda' and tokens.is_cuda)
+        if wanted and torch.is_grad_enabled():
             return checkpoint(layer, tokens, mask, use_reentrant=False)
         return layer(tokens, mask)
 

@@ -63,6 +63,16 @@ def test_checkpointing_changes_memory_not_gradients():
     assert any(g.abs().sum() > 0 for g in grads[1].values())
 
 
+def test_checkpointing_on_cuda_only_skips_it_on_cpu(monkeypatch):
+    import vsrkit.archs.vit_arch as vit_arch
+    calls = []
+    monkeypatch.setattr(vit_arch, 'checkpoint', lambda fn, *a, **k: calls.append(1) or fn(*a))
+    for setting, expected in ((True, 2), ('cuda', 0), (False, 0)):
+        calls.clear()
+        ViTSR(embed_dim=16, num_heads=2, mlp_dim=32, depth=2, use_checkpoint=setting)(torch.rand(1, 3, 4, 4)).sum().backward()
+        assert len(calls) == expected, setting
+
+
 def test_windowed_attention_equals_global_when_one_window_covers_the_image():
     torch.manual_seed(0)
     glob = ViTSR(embed_dim=32, num_heads=2, mlp_dim=64, depth=2).eval()
@@ -92,7 +102,8 @@ def test_bicubic_residual_starts_at_bicubic():
         torch.testing.assert_close(model(x), expected)
 
 
-@pytest.mark.parametrize('bad', [{'residual': 'nearest'}, {'window_size': 1}, {'embed_dim': 30, 'num_heads': 4}])
+@pytest.mark.parametrize('bad', [{'residual': 'nearest'}, {'window_size': 1}, {'embed_dim': 30, 'num_heads': 4},
+                                 {'use_checkpoint': 'gpu'}])
 def test_bad_constructor_arguments(bad):
     with pytest.raises(ValueError):
         ViTSR(**bad)
