@@ -199,3 +199,29 @@ def test_validation_rows_per_clip(tmp_path, clips):
     model.opt['val']['center_frame_only'] = True
     model.validation(val_dataset(clips, chunk_size=4, chunk_overlap=2), 0)
     assert [r['frames'] for r in model.last_validation] == [1, 1]
+
+
+@pytest.mark.parametrize('name', ['miavsr_reds', 'miavsr_vimeo', 'miavsr_sample'])
+def test_options_files(name):
+    """The options pass the registry/signature checks (absent REDS/Vimeo data aside) and hold the recipe."""
+    from vsrkit.utils.option_checks import check_options
+    from vsrkit.utils.options import load_options
+
+    opt = load_options(ROOT / 'options' / f'{name}.yml', root=ROOT)
+    check_options(opt, sample_builder_for=lambda path: True)  # data roots are not checked here
+    train = opt['train']
+    assert opt['model_type'] == 'RecurrentVSRModel' and train['fix_flow'] and train['flow_lr_mul'] == 0.125
+    assert train['pixel_opt']['type'] == 'CharbonnierLoss' and train['sparsity_opt']['loss_weight'] == 1e-4
+    if name == 'miavsr_sample':
+        return
+    assert train['fix_flow'] == 5000 and train['ema_decay'] == 0.999 and train['amp'] == 'fp16'
+    assert train['optim_g'] == {'type': 'Adam', 'lr': 2e-4 if name == 'miavsr_reds' else 1e-4, 'weight_decay': 0,
+                                'betas': [0.9, 0.99]}
+    assert train['scheduler']['periods'] == [600000 if name == 'miavsr_reds' else 300000]
+    assert train['scheduler']['eta_min'] == 1e-7
+    data = opt['datasets']['train']
+    assert data['gt_size'] == 256 and data['batch_size_per_gpu'] == 3
+    assert (data['num_frame'], bool(data.get('flip_sequence'))) == ((16, False) if name == 'miavsr_reds' else (7, True))
+    net = {k: v for k, v in opt['network_g'].items() if k not in ('type', 'spynet_path')}
+    from vsrkit.archs.miavsr_arch import MIAVSR
+    assert sum(p.numel() for p in MIAVSR(**net).parameters()) / 1e6 == pytest.approx(16.60, abs=0.01)  # published
