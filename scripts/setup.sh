@@ -21,9 +21,9 @@ else
   "${PIP[@]}" $TORCH_SPEC
 fi
 
-if "$PYTHON" - "$ROOT/requirements.txt" >/dev/null 2>&1 <<'PY'
+if "$PYTHON" - "$ROOT/requirements.txt" "$ROOT" >/dev/null 2>&1 <<'PY'
 import sys
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version  # a missing package raises: not installed
 from packaging.requirements import Requirement
 for line in open(sys.argv[1]):
     line = line.split('#')[0].strip()
@@ -31,7 +31,10 @@ for line in open(sys.argv[1]):
         req = Requirement(line)
         if version(req.name) not in req.specifier:
             raise SystemExit(1)
-version('vsrkit')  # and vsrkit itself
+import importlib.util, pathlib  # vsrkit itself, installed from THIS checkout (not another clone)
+spec = importlib.util.find_spec('vsrkit.archs')
+if spec is None or pathlib.Path(sys.argv[2]).resolve() not in pathlib.Path(spec.origin).resolve().parents:
+    raise SystemExit(1)
 PY
 then
   echo "setup: requirements and vsrkit already installed"
