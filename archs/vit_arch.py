@@ -53,9 +53,9 @@ class SelfAttention(nn.Module):
 class EncoderLayer(nn.Module):
     """Post-norm Transformer encoder layer, numerically ``nn.TransformerEncoderLayer(batch_first=True)``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, dropout: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, dropout: float, attn_dropout: float) -> None:
         super().__init__()
-        self.self_attn = SelfAttention(dim, num_heads, dropout)
+        self.self_attn = SelfAttention(dim, num_heads, attn_dropout)
         self.linear1 = nn.Linear(dim, mlp_dim)
         self.linear2 = nn.Linear(mlp_dim, dim)
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
@@ -114,6 +114,9 @@ class ViTSR(nn.Module):
         depth: number of encoder layers.
         mlp_dim: hidden width of each layer's feed-forward block.
         dropout: dropout in attention and feed-forward (``nn.TransformerEncoderLayer``'s ``dropout``).
+        attn_dropout: dropout on the attention weights; None (the seed) means ``dropout``. Any non-zero value
+            makes torch's SDPA fall back to its math kernel on CPU, which stores the N x N weights (4 GB for
+            16 patches of 64x64 LR in training); 0 keeps training memory linear in tokens.
         scale: upscaling factor (PixelShuffle).
         share_weights: one layer instance repeated ``depth`` times (the seed) instead of ``depth`` layers.
         window_size: None for global attention over all pixels (the seed); an int for shifted windows.
@@ -124,7 +127,8 @@ class ViTSR(nn.Module):
     """
 
     def __init__(self, in_chans: int = 3, embed_dim: int = 128, num_heads: int = 4, depth: int = 4,
-                 mlp_dim: int = 512, dropout: float = 0.1, scale: int = 2, share_weights: bool = True,
+                 mlp_dim: int = 512, dropout: float = 0.1, attn_dropout: float | None = None, scale: int = 2,
+                 share_weights: bool = True,
                  window_size: int | None = None, use_checkpoint: bool | str = False, residual: str | None = None,
                  clamp_output: bool = True) -> None:
         super().__init__()
@@ -140,11 +144,11 @@ class ViTSR(nn.Module):
         self.residual = residual
         self.clamp_output = clamp_output
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, 3, padding=1)
+        attn_dropout = dropout if attn_dropout is None else attn_dropout
         if share_weights:
-            shared = EncoderLayer(embed_dim, num_heads, mlp_dim, dropout)
-            layers = [shared] * depth
+            layers = [EncoderLayer(embed_dim, num_heads, mlp_dim, dropout, attn_dropout)] * depth
         else:
-            layers = [EncoderLayer(embed_dim, num_heads, mlp_dim, dropout) for _ in range(depth)]
+            layers = [EncoderLayer(embed_dim, num_heads, mlp_dim, dropout, attn_dropout) for _ in range(depth)]
         self.transformer = _Encoder(layers)
         self.upsample = nn.Sequential(
             nn.Conv2d(embed_dim, in_chans * scale * scale, 3, padding=1),

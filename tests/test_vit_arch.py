@@ -94,6 +94,12 @@ def test_shifted_window_mask_blocks_wrapped_neighbours():
     assert not last.all() and last.diagonal().all()  # the bottom-right window mixes wrapped regions: masked
 
 
+def test_attention_dropout_defaults_to_dropout_and_can_be_turned_off():
+    assert ViTSR(dropout=0.1).transformer.layers[0].self_attn.attn_drop == 0.1  # the seed: MHA dropout = dropout
+    layer = ViTSR(dropout=0.1, attn_dropout=0.0).transformer.layers[0]
+    assert layer.self_attn.attn_drop == 0.0 and layer.dropout.p == 0.1
+
+
 def test_bicubic_residual_starts_at_bicubic():
     model = ViTSR(embed_dim=32, num_heads=2, mlp_dim=64, depth=1, residual='bicubic').eval()
     x = torch.rand(1, 3, 10, 12)
