@@ -10,24 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.metrics import calculate_metric
 from basicsr.utils import imwrite, tensor2img
-from basicsr.utils.matlab_functions import imresize
 from vsrkit.models.base import TrainableModel
 from vsrkit.utils.registry import MODEL_REGISTRY, register
 from vsrkit.utils.tiling import tiled_forward
-
-
-def bicubic_upscale(lq: torch.Tensor, scale: int) -> np.ndarray:
-    """MATLAB-compatible bicubic upscaling of a (1, C, h, w) tensor in [0, 1] -> uint8 image laid out as
-    ``tensor2img`` lays out the network's output: BGR HWC for RGB, HW for one channel (grey, Y)."""
-    rgb = lq[0].permute(1, 2, 0).double().cpu().numpy()
-    up = np.round(np.clip(imresize(rgb, scale), 0, 1)[..., ::-1] * 255.0).astype(np.uint8)
-    return up[..., 0] if up.shape[2] == 1 else up
+from vsrkit.utils.video_eval import bicubic_frame
 
 
 @register(MODEL_REGISTRY)
@@ -55,7 +46,7 @@ class ImageSRModel(TrainableModel):
         gt = tensor2img(sample['gt'].unsqueeze(0)) if 'gt' in sample else None
         candidates = {'': sr}
         if val.get('compare_bicubic') and gt is not None:
-            candidates['bicubic_'] = bicubic_upscale(lq, int(self.opt.get('scale', 1)))
+            candidates['bicubic_'] = tensor2img(bicubic_frame(lq[0], int(self.opt.get('scale', 1))))
         for prefix, image in candidates.items():
             for metric, metric_opt in (val.get('metrics') or {}).items():
                 if gt is not None:
