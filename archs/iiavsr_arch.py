@@ -24,7 +24,7 @@ class IIAVSR(RecurrentInterIntraVSR):
     """IIA-VSR network (x4).
 
     Args: as ``MIAVSR`` (in_channels, mid_channels, embed_dim, depths, num_heads, window_size, num_frames,
-    patch_size, mlp_ratio, drop_path_rate, is_low_res_input, spynet_path, use_checkpoint), without the mask
+    patch_size, mlp_ratio, drop_path_rate, is_low_res_input, spynet_path, use_checkpoint, skip), without the mask
     options.
 
     forward(lqs, return_keep_ratios=False): lqs (n, t, C, h, w) -> (n, t, C, 4h, 4w); with
@@ -35,8 +35,9 @@ class IIAVSR(RecurrentInterIntraVSR):
                  depths: Sequence[int] = (6, 6, 6, 6), num_heads: Sequence[int] = (6, 6, 6, 6),
                  window_size: Sequence[int] = (3, 8, 8), num_frames: int = 3, patch_size: int = 1,
                  mlp_ratio: float = 2.0, drop_path_rate: float = 0.1, is_low_res_input: bool = True,
-                 spynet_path: str | None = None, use_checkpoint: bool = False) -> None:
+                 spynet_path: str | None = None, use_checkpoint: bool = False,
+                 skip: str = 'bilinear') -> None:
         super().__init__(in_channels, mid_channels, embed_dim, depths, num_heads, window_size, num_frames,
                          patch_size, mlp_ratio, drop_path_rate, is_low_res_input, with_mask_predictor=False,
                          use_mask=False, gumbel_noise=False, mask_temperature=2 / 3, spynet_path=spynet_path,
-                         use_checkpoint=use_checkpoint)
+                         use_checkpoint=use_checkpoint, skip=skip)

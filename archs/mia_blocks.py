@@ -438,9 +438,11 @@ class RecurrentInterIntraVSR(nn.Module):
                  num_heads: Sequence[int], window_size: Sequence[int], num_frames: int, patch_size: int,
                  mlp_ratio: float, drop_path_rate: float, is_low_res_input: bool, with_mask_predictor: bool,
                  use_mask: bool, gumbel_noise: bool, mask_temperature: float, spynet_path: str | None,
-                 use_checkpoint: bool) -> None:
+                 use_checkpoint: bool, skip: str = 'bilinear') -> None:
         super().__init__()
         name = type(self).__name__
+        if skip not in ('bilinear', 'bicubic'):
+            raise ValueError(f"{name}: skip must be 'bilinear' (the original) or 'bicubic', got {skip!r}")
         if not is_low_res_input:
             raise ValueError(f'{name}: is_low_res_input=False is not supported (the original never builds its '
                              'feature extractor for HR input); pass LR frames and is_low_res_input=True')
@@ -473,6 +475,10 @@ class RecurrentInterIntraVSR(nn.Module):
         self.upconv2 = nn.Conv2d(mid_channels, mid_channels * 4, 3, 1, 1)
         self.conv_hr = nn.Conv2d(mid_channels, mid_channels, 3, 1, 1)
         self.conv_last = nn.Conv2d(mid_channels, in_channels, 3, 1, 1)
+        self.skip = skip
+        if skip == 'bicubic':  # start exactly at bicubic upscaling: the head learns a residual over it
+            nn.init.zeros_(self.conv_last.weight)
+            nn.init.zeros_(self.conv_last.bias)
         self.in_channels = in_channels
         self.has_mask_predictor = with_mask_predictor
 
@@ -528,7 +534,7 @@ class RecurrentInterIntraVSR(nn.Module):
         hr = F.leaky_relu(F.pixel_shuffle(self.upconv1(hr), 2), 0.1)
         hr = F.leaky_relu(F.pixel_shuffle(self.upconv2(hr), 2), 0.1)
         hr = F.leaky_relu(self.conv_hr(hr), 0.1)
-        return self.conv_last(hr) + F.interpolate(lq, scale_factor=4, mode='bilinear', align_corners=False)
+        return self.conv_last(hr) + F.interpolate(lq, scale_factor=4, mode=self.skip, align_corners=False)
 
     def forward(self, lqs: torch.Tensor, return_keep_ratios: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:

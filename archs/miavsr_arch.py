@@ -48,6 +48,8 @@ class MIAVSR(RecurrentInterIntraVSR):
         mask_temperature: Gumbel-sigmoid temperature.
         spynet_path: optional BasicSR SpyNet weights file; None leaves SpyNet randomly initialised.
         use_checkpoint: recompute each block in backward (memory for time; same gradients).
+        skip: upscaling added to the reconstruction: 'bilinear' (the original; checkpoints expect it) or
+            'bicubic' (the last conv then starts at zero, so an untrained net outputs bicubic upscaling).
 
     Runtime attributes: ``sparse_inference`` (default True: eval computes only kept tokens; False computes all
     tokens and selects, the dense reference), ``forced_keep_ratio`` (None, or a fraction: in eval keep that
@@ -63,8 +65,9 @@ class MIAVSR(RecurrentInterIntraVSR):
                  window_size: Sequence[int] = (3, 8, 8), num_frames: int = 3, patch_size: int = 1,
                  mlp_ratio: float = 2.0, drop_path_rate: float = 0.1, is_low_res_input: bool = True,
                  use_mask: bool = True, gumbel_noise: bool = True, mask_temperature: float = 2 / 3,
-                 spynet_path: str | None = None, use_checkpoint: bool = False) -> None:
+                 spynet_path: str | None = None, use_checkpoint: bool = False,
+                 skip: str = 'bilinear') -> None:
         super().__init__(in_channels, mid_channels, embed_dim, depths, num_heads, window_size, num_frames,
                          patch_size, mlp_ratio, drop_path_rate, is_low_res_input, with_mask_predictor=True,
                          use_mask=use_mask, gumbel_noise=gumbel_noise, mask_temperature=mask_temperature,
-                         spynet_path=spynet_path, use_checkpoint=use_checkpoint)
+                         spynet_path=spynet_path, use_checkpoint=use_checkpoint, skip=skip)

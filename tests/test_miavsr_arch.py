@@ -301,3 +301,15 @@ def test_bad_options_raise():
         MIAVSR(**TINY, spynet_path='/nonexistent/spynet.pth')
     with pytest.raises(ValueError, match=r'\(n, t, 3, h, w\)'):
         MIAVSR(**TINY)(torch.zeros(1, 3, 64, 64))
+
+
+def test_bicubic_skip_starts_at_bicubic_and_bilinear_stays_the_default():
+    assert MIAVSR(**TINY).skip == 'bilinear'  # the original's reconstruction, which checkpoints expect
+    net = MIAVSR(**TINY, skip='bicubic').eval()
+    lq = clip_frames(2, (16, 20))
+    with torch.no_grad():
+        out = net(lq)
+    expected = torch.nn.functional.interpolate(lq.flatten(0, 1), scale_factor=4, mode='bicubic', align_corners=False)
+    torch.testing.assert_close(out.flatten(0, 1), expected, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="skip must be 'bilinear'"):
+        MIAVSR(**TINY, skip='nearest')
