@@ -41,3 +41,13 @@ def reference_keys(reference_dir):
             pytest.skip(f'reference key list {path} is absent')
         return [(k, tuple(s), d) for k, s, d in json.loads(path.read_text())['entries']]
     return get
+
+
+@pytest.fixture(scope='module')
+def single_thread():
+    """One torch thread for a module of tiny-tensor tests: on 2 shared cores thread hand-offs cost more than
+    they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,12 +15,7 @@ from vsrkit.utils.registry import ARCH_REGISTRY
 TINY = dict(mid_channels=8, embed_dim=12, depths=(2,), num_heads=(2,), drop_path_rate=0.0)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')  # tiny tensors: see conftest.single_thread
 
 
 def test_state_dict_matches_official_keys(reference_keys):

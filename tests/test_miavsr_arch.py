@@ -21,13 +21,7 @@ from vsrkit.utils.registry import ARCH_REGISTRY
 TINY = dict(mid_channels=8, embed_dim=12, depths=(2,), num_heads=(2,), drop_path_rate=0.0)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    # Tiny tensors: on the shared 2-core machine thread hand-offs cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')  # tiny tensors: see conftest.single_thread
 
 
 def clip_frames(t: int, size: tuple[int, int], batch: int = 1, start: int = 0) -> torch.Tensor:

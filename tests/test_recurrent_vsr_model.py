@@ -25,12 +25,7 @@ TINY_NET = {'type': 'MIAVSR', 'mid_channels': 8, 'embed_dim': 8, 'depths': [1], 
             'drop_path_rate': 0.0}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')  # tiny tensors: see conftest.single_thread
 
 
 @pytest.fixture(scope='module')

@@ -25,12 +25,7 @@ TINY = {'type': 'MIAVSR', 'mid_channels': 8, 'embed_dim': 8, 'depths': [1], 'num
         'drop_path_rate': 0.0}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')  # tiny tensors: see conftest.single_thread
 
 
 def script(name: str):
