@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,29 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='session')
+def sample_video() -> Path:
+    """The bundled sample video set (datasets/sample/video), built on first use."""
+    from vsrkit.data.sample_videos import build_video_sample
+
+    sample = PROJECT_ROOT / 'datasets' / 'sample' / 'video'
+    build_video_sample(sample)
+    return sample
+
+
+@pytest.fixture(scope='session')
+def sample_reds_clips(tmp_path_factory, sample_video):
+    """Returns make(clips, frames): the first ``frames`` GT and x4 LR frames of the sample video set's
+    REDS-layout ``clips``, copied as disk folders gt/<clip>, lq/<clip> with meta.txt."""
+    def make(clips: tuple[str, ...], frames: int) -> Path:
+        root = tmp_path_factory.mktemp('clips')
+        for clip in clips:
+            for kind, source in (('gt', 'train_sharp'), ('lq', 'train_sharp_bicubic/X4')):
+                (root / kind / clip).mkdir(parents=True)
+                for i in range(frames):
+                    shutil.copy(sample_video / 'REDS' / source / clip / f'{i:08d}.png', root / kind / clip / f'{i:08d}.png')
+        (root / 'meta.txt').write_text(''.join(f'{clip} {frames} (128,192,3)\n' for clip in clips))
+        return root
+    return make

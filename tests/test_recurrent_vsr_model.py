@@ -3,7 +3,6 @@ flow_lr_mul, and per-clip validation rows (chunked datasets merged per frame) ag
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
@@ -29,20 +28,9 @@ pytestmark = pytest.mark.usefixtures('single_thread')  # tiny tensors: see conft
 
 
 @pytest.fixture(scope='module')
-def clips(tmp_path_factory) -> Path:
+def clips(sample_reds_clips) -> Path:
     """Two real 6-frame clips (the bundled sample video set: 128x192 GT, MATLAB-bicubic x4 LR) as disk folders."""
-    from vsrkit.data.sample_videos import build_video_sample
-
-    sample = ROOT / 'datasets' / 'sample' / 'video'
-    build_video_sample(sample)
-    root = tmp_path_factory.mktemp('clips')
-    for clip in ('000', '011'):
-        for kind, source in (('gt', 'train_sharp'), ('lq', 'train_sharp_bicubic/X4')):
-            (root / kind / clip).mkdir(parents=True)
-            for i in range(6):
-                shutil.copy(sample / 'REDS' / source / clip / f'{i:08d}.png', root / kind / clip / f'{i:08d}.png')
-    (root / 'meta.txt').write_text('000 6 (128,192,3)\n011 6 (128,192,3)\n')
-    return root
+    return sample_reds_clips(('000', '011'), 6)
 
 
 def val_dataset(clips: Path, **extra) -> torch.utils.data.Dataset:

@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import cv2
@@ -20,7 +19,6 @@ from vsrkit.archs.miavsr_arch import MIAVSR
 from vsrkit.utils.video_eval import benchmark_main
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / 'datasets' / 'sample' / 'video'
 TINY = {'type': 'MIAVSR', 'mid_channels': 8, 'embed_dim': 8, 'depths': [1], 'num_heads': [1],
         'drop_path_rate': 0.0}
 
@@ -38,9 +36,6 @@ def script(name: str):
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny random MIAVSR in vsrkit's checkpoint layout (network_g entry, weights as params_ema)."""
-    from vsrkit.data.sample_videos import build_video_sample
-
-    build_video_sample(SAMPLE)
     torch.manual_seed(0)
     net = MIAVSR(**{k: v for k, v in TINY.items() if k != 'type'})
     ema = net.state_dict()
@@ -50,16 +45,9 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope='module')
-def short_clips(tmp_path_factory) -> Path:
+def short_clips(sample_reds_clips) -> Path:
     """Two real 5-frame REDS-layout clips (the sample set's 000 and 015) as disk folders."""
-    root = tmp_path_factory.mktemp('reds')
-    for clip in ('000', '015'):
-        for kind, source in (('gt', 'train_sharp'), ('lq', 'train_sharp_bicubic/X4')):
-            (root / kind / clip).mkdir(parents=True)
-            for i in range(5):
-                shutil.copy(SAMPLE / 'REDS' / source / clip / f'{i:08d}.png', root / kind / clip / f'{i:08d}.png')
-    (root / 'meta.txt').write_text('000 5 (128,192,3)\n015 5 (128,192,3)\n')
-    return root
+    return sample_reds_clips(('000', '015'), 5)
 
 
 def independent_scores(images: list[Path], gts: list[Path], crop_border: int = 0) -> dict[str, float]:
@@ -98,7 +86,7 @@ def test_reds4_end_to_end(tmp_path, checkpoint, short_clips, capsys):
     assert f"{rows['015']['psnr_rgb']:.4f}" in printed  # the printed table holds the same numbers
 
 
-def test_vimeo90k_centre_frame_on_sample(tmp_path, checkpoint, capsys):
+def test_vimeo90k_centre_frame_on_sample(tmp_path, checkpoint, sample_video, capsys):
     """No data paths: Vimeo-90K-T is absent here, so the bundled sample septuplets are used and it says so."""
     vimeo = script('vimeo90k')
     bench = dataclasses.replace(vimeo.VIMEO90K_T, dataset={**vimeo.VIMEO90K_T.dataset,
@@ -113,12 +101,12 @@ def test_vimeo90k_centre_frame_on_sample(tmp_path, checkpoint, capsys):
     assert 'centre frame' in captured.out
     rows = json.loads((out / 'results.json').read_text())['clips']
     septuplets = [line.split()[0] for line in
-                  (SAMPLE / 'vimeo90k' / 'meta_info_Vimeo90K_test_GT.txt').read_text().splitlines()]
+                  (sample_video / 'vimeo90k' / 'meta_info_Vimeo90K_test_GT.txt').read_text().splitlines()]
     assert [r['name'] for r in rows] == septuplets and all(r['frames'] == 1 for r in rows)
     for row in rows:
         images = sorted((out / 'images' / row['name']).glob('*.png'))
         assert [p.name for p in images] == ['im4.png']  # only the centre frame is scored and saved
-        gt = SAMPLE / 'vimeo90k' / 'vimeo_septuplet' / 'sequences' / row['name'] / 'im4.png'
+        gt = sample_video / 'vimeo90k' / 'vimeo_septuplet' / 'sequences' / row['name'] / 'im4.png'
         for key, value in independent_scores(images, [gt]).items():
             assert row[key] == pytest.approx(value, abs=1e-9), (row['name'], key)
 
