@@ -33,6 +33,8 @@ import cv2
 import lmdb
 import numpy as np
 
+from vsrkit.data.image_decode import decode_image, parallel_map
+
 __all__ = ['MetaInfo', 'META_INFO_NAME', 'IMG_EXTENSIONS', 'lmdb_env', 'close_lmdb_envs', 'read_meta_info',
            'format_meta_line', 'LmdbImageReader', 'decode_image', 'encode_png', 'write_lmdb',
            'make_lmdb_from_folder', 'scan_images', 'verify_lmdb', 'incomplete_path']
@@ -43,7 +45,6 @@ PathLike = Union[str, os.PathLike]
 ImageSource = Union[np.ndarray, PathLike]
 
 _META_RE = re.compile(r'^(?P<name>\S+)\s+\((?P<h>\d+),\s*(?P<w>\d+),\s*(?P<c>\d+)\)\s+(?P<level>\d+)$')
-_READ_FLAGS = {'color': cv2.IMREAD_COLOR, 'grayscale': cv2.IMREAD_GRAYSCALE, 'unchanged': cv2.IMREAD_UNCHANGED}
 
 
 class MetaInfo(NamedTuple):
@@ -138,17 +139,6 @@ def format_meta_line(info: MetaInfo) -> str:
     return f'{info.key}.png ({h},{w},{c}) {info.compress_level}'
 
 
-def decode_image(buffer: bytes | memoryview, flag: str = 'color', *, source: str = '') -> np.ndarray:
-    """Decode encoded image bytes like basicsr's ``imfrombytes`` (uint8 HWC BGR for 'color')."""
-    if flag not in _READ_FLAGS:
-        raise ValueError(f"flag must be one of {sorted(_READ_FLAGS)}, got {flag!r}.")
-    img = cv2.imdecode(np.frombuffer(buffer, np.uint8), _READ_FLAGS[flag])
-    if img is None:
-        raise ValueError(f'Cannot decode the image {source or "<bytes>"}: not a valid encoded image '
-                         f'({len(buffer)} bytes).')
-    return img
-
-
 class LmdbImageReader:
     """Reads images from one lmdb. Picklable: holds only the path and opens the environment lazily
     (through :func:`lmdb_env`) in whichever process it is used."""
@@ -197,16 +187,19 @@ class LmdbImageReader:
         """``key`` decoded like ``cv2.imdecode`` / basicsr's ``imfrombytes`` (uint8 HWC BGR for 'color')."""
         return self.get_images([key], flag)[0]
 
-    def get_images(self, keys: Iterable[str], flag: str = 'color') -> list[np.ndarray]:
-        """Several images decoded inside one read transaction, without copying the stored bytes."""
-        images = []
+    def get_images(self, keys: Iterable[str], flag: str = 'color', threads: int | None = None) -> list[np.ndarray]:
+        """Several images decoded inside one read transaction, without copying the stored bytes, on
+        ``threads`` threads (default: :func:`vsrkit.data.image_decode.decode_threads`)."""
         with self.env.begin(buffers=True) as txn:
+            values = []
             for key in keys:
                 value = txn.get(key.encode('ascii'))
                 if value is None:
                     raise self._missing(key)
-                images.append(decode_image(value, flag, source=f'{key!r} in the lmdb {self.path}'))
-        return images
+                values.append((key, value))
+            # the buffers point into the memory map and stay valid while the transaction is open
+            return parallel_map(lambda kv: decode_image(kv[1], flag, source=f'{kv[0]!r} in the lmdb {self.path}'),
+                                values, threads)
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -16,10 +16,10 @@ import re
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-import cv2
 import numpy as np
 import torch
 
+from vsrkit.data.image_decode import decode_image, parallel_map
 from vsrkit.data.lmdb_io import LmdbImageReader, read_meta_info
 
 __all__ = ['ClipMeta', 'Clip', 'read_clip_meta_info', 'FrameStore', 'make_frame_store', 'frames_to_tensor',
@@ -84,8 +84,8 @@ class FrameStore:
     """Frames of one data root, addressed by key, from an lmdb (``io_backend.type: lmdb``) or image files
     (``disk``: ``<root>/<key>.<ext>``). Picklable and cheap to copy into DataLoader workers."""
 
-    def __init__(self, root: str | os.PathLike, backend: str, ext: str = 'png'):
-        self.root, self.backend, self.ext = Path(root), backend, ext.lstrip('.')
+    def __init__(self, root: str | os.PathLike, backend: str, ext: str = 'png', threads: int | None = None):
+        self.root, self.backend, self.ext, self.threads = Path(root), backend, ext.lstrip('.'), threads
         if backend == 'lmdb':
             self._reader = LmdbImageReader(self.root)
             self._shapes = {m.key: m.shape for m in read_meta_info(self.root)}  # also: FileNotFoundError early
@@ -103,16 +103,20 @@ class FrameStore:
         return key if self.backend == 'lmdb' else str(self.root / f'{key}.{self.ext}')
 
     def read(self, keys: Iterable[str]) -> list[np.ndarray]:
-        """uint8 HWC BGR frames."""
+        """uint8 HWC BGR frames, decoded on ``threads`` threads (None: see
+        :func:`vsrkit.data.image_decode.decode_threads`)."""
         if self.backend == 'lmdb':
-            return self._reader.get_images(keys)
-        frames = []
-        for key in keys:
-            img = cv2.imread(self.path(key), cv2.IMREAD_COLOR)
-            if img is None:
-                raise FileNotFoundError(f'Cannot read frame {self.path(key)} (key {key!r}).')
-            frames.append(img)
-        return frames
+            return self._reader.get_images(keys, threads=self.threads)
+        return parallel_map(self._read_file, list(keys), self.threads)
+
+    def _read_file(self, key: str) -> np.ndarray:
+        path = self.path(key)
+        try:
+            with open(path, 'rb') as file:
+                buffer = file.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f'Cannot read frame {path} (key {key!r}): no such file.') from None
+        return decode_image(buffer, source=path)
 
     def shape(self, key: str) -> tuple[int, int, int]:
         if self.backend == 'lmdb':
@@ -177,7 +181,11 @@ class FrameStore:
 
 def make_frame_store(opt: dict, root_key: str, owner: str) -> FrameStore:
     io_backend = opt.get('io_backend') or {'type': 'disk'}
-    return FrameStore(option(opt, root_key, owner), io_backend.get('type', 'disk'), opt.get('filename_ext', 'png'))
+    threads = opt.get('decode_threads')
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f'{owner}: decode_threads must be a positive integer or null (automatic), got {threads!r}.')
+    return FrameStore(option(opt, root_key, owner), io_backend.get('type', 'disk'), opt.get('filename_ext', 'png'),
+                      threads)
 
 
 def check_scale(gt: FrameStore, lq: FrameStore, clips: Iterable[Clip], scale: int) -> None:

@@ -18,12 +18,15 @@ They read the same options as BasicSR's ``REDSDataset`` / ``REDSRecurrentDataset
     val_partition (REDS)              'REDS4' (000, 011, 015, 020), 'official' (240-269) or a list of clip names
     test_mode (REDS, bool)            keep only the val_partition clips instead of excluding them
     flip_sequence (clip datasets)     append the reversed clip: T frames -> 2T (Vimeo-90K recurrent training)
+    decode_threads (int | None)       threads decoding one sample's frames (default: the cores, divided among
+                                      the DataLoader's workers)
 
 Differences from BasicSR, deliberately: clip lengths come from meta_info (BasicSR's REDS datasets assume 100
 frames per clip), everything is checked when the dataset is built (missing keys, meta_info vs lmdb, clips too
 short, LR/GT sizes vs scale), lmdbs are opened lazily once per process (BasicSR's LmdbBackend breaks in forked
 workers with py-lmdb >= 2), ``random_reverse`` does not mutate shared state (BasicSR's Vimeo datasets reverse
-``self.neighbor_list`` in place), and frames are cropped as uint8 before the float conversion.
+``self.neighbor_list`` in place), frames are cropped as uint8 before the float conversion, and a sample's frames
+are decoded concurrently with libspng (:mod:`vsrkit.data.image_decode`).
 
 Items: ``{'lq': (T, C, H/scale, W/scale), 'gt': ..., 'key': str}``, float RGB in [0, 1]; ``gt`` is the centre
 frame (C, H, W) for window datasets (what BasicSR's EDVR-style models expect) and (T, C, H, W) for clip datasets.
