@@ -1,10 +1,13 @@
 """Streaming video upscaling (vsrkit-upscale) against the seed's deployment loop: frames/s and peak RSS.
 
-    python benchmarks/video_stream.py                 # 60 and 240 frames of bikes.mp4 at 32x24 LR, x2
-    python benchmarks/video_stream.py --size 64x32    # larger frames (slower)
+    python benchmarks/video_stream.py                 # 60 and 240 frames of bikes.mp4 at 64x48 LR, x2 (~10 min)
+    python benchmarks/video_stream.py --size 32x24    # tiny frames: both near the GEMM floor, fp32 ~1x
 
-Model: the seed's ViTSR configuration (embed 128, 4 heads, 4 tied layers, ff 512, x2, global attention), random
-weights (speed does not depend on them); the same weights run in both pipelines.
+Model: the seed's ViTSR configuration (embed 128, 4 heads, 4 tied layers, ff 512, x2, global attention) with the
+seed's published weights when ../shared/reference is present (random weights otherwise: speed does not depend
+on them); the same weights run in both pipelines. Global attention over every LR pixel is the seed's design, so
+the frame size decides the cost: at 64x48 (3072 tokens) attention is ~80 % of the FLOPs, where the seed's
+``nn.MultiheadAttention`` materialises the N x N weights and our SDPA does not.
 
 Baseline (NOTES.md §1): OpenCV reads the video, each frame goes alone through the seed's module (built from
 ``nn.TransformerEncoderLayer``, as the seed does) under autocast (CUDA only: on CPU the seed's
@@ -113,8 +116,11 @@ def run_case(config: dict) -> dict:
     import torch
 
     torch.set_num_threads(config['threads'])
-    import cv2  # noqa: F401  (imports are not timed: a per-process constant, seconds on a loaded machine)
+    # Imports are not timed (a per-process constant, seconds on a loaded machine): the baseline's (torch, cv2)
+    # and ours (vsrkit.archs imports every architecture, timm among their dependencies: ~1.3 s).
+    import cv2  # noqa: F401
 
+    import vsrkit.archs  # noqa: F401
     from vsrkit.inference_scripts.upscale_video import main
 
     start = time.perf_counter()
@@ -122,7 +128,7 @@ def run_case(config: dict) -> dict:
         frames = run_baseline(Path(config['clip']), Path(config['checkpoint']), Path(config['output']))
     else:
         code = main([config['clip'], config['output'], '--model', config['checkpoint'], '--batch',
-                     str(config['batch']), '--quiet', '--preset', 'veryfast'])
+                     str(config['batch']), '--dtype', config['dtype'], '--quiet', '--preset', 'veryfast'])
         if code:
             raise SystemExit(f'vsrkit-upscale failed with exit code {code}')
         frames = config['frames']
@@ -143,12 +149,43 @@ def check_same_function(checkpoint: Path) -> float:
         return float((seed_module(torch.load(checkpoint, weights_only=True)['params'])(x) - ours(x)).abs().max())
 
 
+def decoded(path: Path, count: int) -> list:
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format='rgb24') for _, f in zip(range(count), container.decode(video=0))]
+
+
+def fidelity(clip: Path, output: Path, net, count: int = 4) -> float:
+    """PSNR (dB) of the first ``count`` written frames against the fp32 network's output, rounded to uint8:
+    what truncation, bf16 and the codec cost."""
+    import numpy as np
+    import torch
+
+    lr = torch.from_numpy(np.stack(decoded(clip, count))).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        ref = (net(lr).clamp(0, 1) * 255).round().permute(0, 2, 3, 1).numpy()
+    out = np.stack(decoded(output, count)).astype(np.float64)
+    return float(10 * np.log10(255 ** 2 / np.mean((out - ref) ** 2)))
+
+
+def reference_weights() -> Path | None:
+    """The seed's published checkpoint, when the reference folder is present (real weights, real outputs)."""
+    path = Path(__file__).resolve().parents[1].parent / 'shared/reference/checkpoints/vit_x2_seed_best_model.pth'
+    return path if path.is_file() else None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--size', default='32x24', help='LR frame size WxH (default 32x24)')
+    parser.add_argument('--size', default='64x48', help='LR frame size WxH (default 64x48)')
     parser.add_argument('--frames', default='60,240', help='frame counts (default 60,240)')
-    parser.add_argument('--batch', type=int, default=8, help='frames per call in vsrkit-upscale (default 8)')
+    parser.add_argument('--batch', type=int, default=4, help='frames per call in vsrkit-upscale (default 4)')
     parser.add_argument('--threads', type=int, default=2, help='torch threads (default 2)')
+    parser.add_argument('--dtypes', default='fp32,bf16',
+                        help='vsrkit-upscale --dtype rows (default fp32,bf16; bf16 is skipped on a CPU without '
+                             'native bf16)')
+    parser.add_argument('--weights', help='ViTSR checkpoint (default: the seed\'s published one when '
+                        '../shared/reference is present, else random weights)')
     parser.add_argument('--run-one', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_one:
@@ -157,37 +194,54 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from vsrkit.archs.vit_arch import ViTSR
+    from vsrkit.utils.arch_detect import load_model
 
     width, height = (int(v) for v in args.size.split('x'))
     counts = [int(c) for c in args.frames.split(',')]
+    dtypes = [d for d in args.dtypes.split(',') if d != 'bf16' or torch.ops.mkldnn._is_mkldnn_bf16_supported()]
+    weights = Path(args.weights) if args.weights else reference_weights()
+    pipelines = [('baseline', 'fp32')] + [('vsrkit-upscale', d) for d in dtypes]
     rows = []
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        torch.manual_seed(0)
         checkpoint = work / 'vit_seed_config.pth'
-        torch.save({'params': ViTSR(**SEED).state_dict()}, checkpoint)
-        print(f'same network in both pipelines: max |seed - ViTSR| = {check_same_function(checkpoint):.2e}')
+        if weights:
+            net = load_model(weights)[0]
+        else:
+            torch.manual_seed(0)
+            net = ViTSR(**SEED)
+        torch.save({'params': net.state_dict()}, checkpoint)
+        net = load_model(checkpoint)[0]
+        print(f'weights: {weights or "random"}; same network in both pipelines: '
+              f'max |seed - ViTSR| = {check_same_function(checkpoint):.2e}', flush=True)
         for count in counts:
             clip = work / f'clip{count}.mp4'
             make_clip(clip, count, width, height)
-            for pipeline in ('baseline', 'vsrkit-upscale'):
+            for pipeline, dtype in pipelines:
+                output = work / f'{pipeline}-{dtype}-{count}.mp4'
                 config = {'pipeline': pipeline, 'clip': str(clip), 'checkpoint': str(checkpoint),
-                          'output': str(work / f'{pipeline}{count}.mp4'), 'batch': args.batch, 'frames': count,
-                          'threads': args.threads}
+                          'output': str(output), 'batch': args.batch, 'frames': count, 'threads': args.threads,
+                          'dtype': dtype}
                 out = subprocess.run([sys.executable, __file__, '--run-one', json.dumps(config)], check=True,
                                      capture_output=True, text=True).stdout.splitlines()[-1]
-                rows.append({'pipeline': pipeline, **json.loads(out)})
+                rows.append({'pipeline': pipeline, 'dtype': dtype, 'psnr': fidelity(clip, output, net),
+                             **json.loads(out)})
+                print(f'  done: {pipeline} {dtype} {count} frames', file=sys.stderr, flush=True)
     print(f'ViTSR seed config (128/4 heads/4 tied layers/512, x2, global attention), LR {width}x{height}, '
-          f'{args.threads} torch threads, CPU' if not torch.cuda.is_available() else 'CUDA available, run on CPU')
-    header = f"{'pipeline':<16}{'frames':>7}{'frames/s':>10}{'speed-up':>10}{'peak RSS MB':>13}{'RSS 240/60':>12}"
+          f'{args.threads} torch threads, CPU ({torch.backends.cpu.get_cpu_capability()}'
+          f'{", native bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else ""})')
+    header = (f"{'pipeline':<16}{'dtype':>6}{'frames':>7}{'frames/s':>10}{'speed-up':>10}{'peak RSS MB':>13}"
+              f"{'RSS 240/60':>12}{'PSNR vs fp32 net':>18}")
     print(header)
     print('-' * len(header))
     for row in rows:
         base = next(r for r in rows if r['pipeline'] == 'baseline' and r['frames'] == row['frames'])
-        first = next(r for r in rows if r['pipeline'] == row['pipeline'])
+        first = next(r for r in rows if (r['pipeline'], r['dtype']) == (row['pipeline'], row['dtype']))
         ratio = f"{row['rss_mb'] / first['rss_mb']:.3f}" if row is not first else ''
-        print(f"{row['pipeline']:<16}{row['frames']:>7}{row['fps']:>10.2f}{row['fps'] / base['fps']:>9.2f}x"
-              f"{row['rss_mb']:>13.0f}{ratio:>12}")
+        print(f"{row['pipeline']:<16}{row['dtype']:>6}{row['frames']:>7}{row['fps']:>10.2f}"
+              f"{row['fps'] / base['fps']:>9.2f}x{row['rss_mb']:>13.0f}{ratio:>12}{row['psnr']:>15.2f} dB")
+    print('PSNR vs fp32 net: the first 4 written frames against the fp32 network output rounded to uint8 '
+          '(baseline: truncation + mp4v; ours: H.264 crf 18, and bf16 where named).')
 
 
 if __name__ == '__main__':
