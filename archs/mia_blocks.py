@@ -14,8 +14,22 @@ checkpointing recomputes exactly what the forward pass computed.
 
 In eval mode the kept tokens are gathered and only they go through the query projection, the attention, the
 output projection and the MLP; results are scattered into the reused previous outputs (``sparse`` path).
-Keys/values still come from every token of the window. ``MaskControl.sparse=False`` computes every token and
-then selects (the dense reference, numerically the same function).
+Keys/values come from every token of a window that has a kept token (windows without one are skipped). When a
+block keeps SPARSE_BELOW or more of its tokens, computing all of them and selecting is cheaper (measured) and
+is done instead. ``MaskControl.sparse=False`` always computes every token and then selects (the dense
+reference, the same function).
+
+How the function is arranged for speed (the CPU profile of a straightforward version was dominated by
+copies: per-block rolls, pads, partitions, concatenations and gathers; see benchmarks/miavsr_speed.py):
+- Tokens stay in window-partitioned rows (:class:`WindowLayout`) through the blocks of a residual group;
+  going between an unshifted and a shifted block is one row gather (roll and partition in one index), and
+  only the group's convolution sees the image layout.
+- Each block's ``norm1`` affine (g, b) is folded into its projections (W diag(g), W b + c), so the two aligned
+  frames, which every block of a step attends to, are normalised and partitioned once per step.
+- The folded weights, and the relative-position bias added to each shift-mask pattern, are computed once per
+  forward call of a branch (:meth:`InterIntraBlock.constants`): never stale, in training as in eval.
+- Within a sample, the windows of the shifted layout are sorted by mask pattern, so attention is one SDPA
+  call per pattern with a broadcast (1, heads, L, S) float mask (which keeps CPU SDPA on its fused kernel).
 """
 from __future__ import annotations
 
@@ -34,7 +48,9 @@ import vsrkit.utils  # noqa: F401  (basicsr compatibility shim before the basics
 from basicsr.archs.arch_util import flow_warp
 
 SHIFT_MASK_VALUE = -100.0  # the original's additive mask value between regions of a shifted window (not -inf)
-SPARSE_QUERY_BUCKET = 16  # kept queries of a window are padded to a multiple of this in the sparse path
+WINDOW_CHUNK = 32  # windows per k/v + attention call (a few MB of temporaries at the REDS width)
+SPARSE_BELOW = 0.6  # eval: gather/scatter below this share of kept tokens; above, computing all is cheaper
+WHOLE_WINDOW_SLACK = 8  # sparse path: a window missing at most this many kept tokens is computed whole
 
 
 @dataclass(frozen=True)
@@ -44,7 +60,8 @@ class MaskControl:
     use_mask: apply the mask at all (False: every token is computed, as the original's ``use_mask=False``).
     gumbel_noise: add logistic noise before thresholding in training mode.
     temperature: Gumbel-sigmoid temperature (2/3 in the original).
-    sparse: in eval mode, compute only kept tokens (gather/scatter); False computes all and selects.
+    sparse: in eval mode, compute only kept tokens (gather/scatter) where a block keeps less than SPARSE_BELOW
+        of them; False computes all and selects.
     forced_keep_ratio: eval only: keep this fraction of each sample's tokens (highest logits) instead of
         thresholding at 0 — for benchmarks with untrained weights.
     """
@@ -57,23 +74,25 @@ class MaskControl:
 
 
 class BlockState(NamedTuple):
-    """What a block hands to the same block at the next frame (all detached, as in the original)."""
+    """What a block hands to the same block at the next frame (all detached, as in the original); rows in the
+    block's window layout (see :class:`WindowLayout`)."""
 
-    tokens: torch.Tensor  # LN'd current-frame tokens, window layout (b*nW, L, C)
-    attn_out: torch.Tensor  # attention-projection output, window layout (b*nW, L, C)
-    mlp_out: torch.Tensor  # MLP output (after drop path), image layout (b, h, w, C)
+    tokens: torch.Tensor  # current-frame tokens normalised before norm1's affine, zero at padding (R, C)
+    attn_out: torch.Tensor  # attention-projection output (R, C)
+    mlp_out: torch.Tensor  # MLP output, after drop path (R, C)
 
 
-class AttentionLayout(NamedTuple):
-    """Padding and shifted-window mask groups for one feature size, computed once per forward call.
+class BlockConstants(NamedTuple):
+    """Tensors a block derives from its parameters for one forward call (:meth:`InterIntraBlock.constants`)."""
 
-    groups: for shifted blocks, ``(window indices over b*nW, additive mask (L, S))`` per distinct mask pattern,
-    so no (nW, heads, L, S) tensor is ever materialised (most windows share the all-zero pattern).
-    """
-
-    pad_h: int
-    pad_w: int
-    groups: list[tuple[torch.Tensor, torch.Tensor]]
+    q_weight: torch.Tensor  # query projection with norm1's affine folded in
+    q_bias: torch.Tensor
+    kv_weight: torch.Tensor  # key/value projection with norm1's affine folded in, without bias (see constants)
+    pad_kv: torch.Tensor  # key/value of a padding token relative to the dropped bias
+    proj_bias: torch.Tensor  # output projection bias with the value bias folded in
+    attn_masks: torch.Tensor  # (patterns, L, heads, S): relative-position bias + each shift-mask pattern
+    mask_weight: torch.Tensor | None  # mask predictor weight times |norm1 weight| (None: no predictor)
+    mask_bias: torch.Tensor | None
 
 
 def relative_position_index(window_size: Sequence[int]) -> torch.Tensor:
@@ -90,28 +109,90 @@ def relative_position_index(window_size: Sequence[int]) -> torch.Tensor:
     return rel[..., 0] * (2 * wh - 1) * (2 * ww - 1) + rel[..., 1] * (2 * ww - 1) + rel[..., 2]
 
 
-def attention_layout(batch: int, height: int, width: int, window_size: Sequence[int],
-                     device: torch.device) -> AttentionLayout:
-    """Padding to the window multiple and the shifted-window mask patterns (Swin's 9 regions, value -100)."""
-    _, wh, ww = window_size
-    pad_h, pad_w = (-height) % wh, (-width) % ww
-    hp, wp = height + pad_h, width + pad_w
-    sh, sw = wh // 2, ww // 2
-    region = torch.zeros(hp, wp, dtype=torch.long, device=device)
-    label = 0
-    for rows in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
-        for cols in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
-            region[rows, cols] = label
-            label += 1
-    labels = rearrange(region, '(nh wh) (nw ww) -> (nh nw) (wh ww)', wh=wh, ww=ww)
-    keys = labels.repeat(1, window_size[0])  # every frame of the window shares the spatial regions
-    masks = (labels[:, :, None] != keys[:, None, :]).flatten(1)
-    patterns, window_pattern = torch.unique(masks, dim=0, return_inverse=True)
-    window_pattern = window_pattern.repeat(batch)
-    groups = [(torch.nonzero(window_pattern == p).squeeze(1),
-               patterns[p].view(labels.shape[1], keys.shape[1]).float() * SHIFT_MASK_VALUE)
-              for p in range(patterns.shape[0])]
-    return AttentionLayout(pad_h, pad_w, groups)
+class WindowLayout:
+    """Where each token of a (batch, height, width) frame sits in the window rows of an unshifted (index 0)
+    and a shifted (index 1) block; built once per forward call.
+
+    The frame is zero-padded at the bottom/right to the window multiple and, for shifted blocks, rolled by
+    half a window (the original also rolls time by Wt, a no-op on a Wt-frame window). Rows are batch-major,
+    ``tokens`` (Wh*Ww) consecutive rows form a window. Within a sample the shifted layout's windows are sorted
+    by their shift-mask pattern (Swin's 9 regions, value -100); ``groups[s]`` lists ``(start, stop, pattern)``
+    window ranges, ``shift_masks[s]`` the (patterns, L, S) additive masks, ``window_pattern[s]`` each
+    window's pattern. ``pad[s]`` marks padding rows (b*nW, L), ``key_pad[s]`` padding keys (b*nW, S) or None.
+    """
+
+    def __init__(self, batch: int, height: int, width: int, window_size: Sequence[int],
+                 device: torch.device) -> None:
+        frames, wh, ww = window_size
+        hp, wp = height + (-height) % wh, width + (-width) % ww
+        self.batch, self.height, self.width = batch, height, width
+        self.tokens = wh * ww
+        self.has_padding = (hp, wp) != (height, width)
+        padded = torch.arange(batch * hp * wp, device=device).view(batch, hp, wp)
+        inside = torch.zeros(batch, hp, wp, dtype=torch.bool, device=device)
+        inside[:, :height, :width] = True
+        image_index = torch.zeros(batch, hp, wp, dtype=torch.long, device=device)
+        image_index[:, :height, :width] = torch.arange(batch * height * width, device=device).view(
+            batch, height, width)
+        region = torch.zeros(hp, wp, dtype=torch.long, device=device)
+        label = 0
+        for rows in (slice(0, -wh), slice(-wh, -(wh // 2)), slice(-(wh // 2), None)):
+            for cols in (slice(0, -ww), slice(-ww, -(ww // 2)), slice(-(ww // 2), None)):
+                region[rows, cols] = label
+                label += 1
+        labels = rearrange(region, '(nh wh) (nw ww) -> (nh nw) (wh ww)', wh=wh, ww=ww)
+        shift_patterns = (labels[:, :, None] != labels.repeat(1, frames)[:, None, :]).flatten(1)
+
+        self.gather, self.scatter, self.pad, self.pad_rows, self.key_pad = [], [], [], [], []
+        self.groups, self.window_pattern, self.shift_masks = [], [], []
+        positions, row_of = [], []
+        for shifted in (False, True):
+            if shifted:
+                grid = torch.roll(padded, (-(wh // 2), -(ww // 2)), dims=(1, 2))
+                patterns, pattern = torch.unique(shift_patterns, dim=0, return_inverse=True)
+            else:
+                grid = padded
+                patterns = torch.zeros_like(shift_patterns[:1])
+                pattern = torch.zeros(labels.shape[0], dtype=torch.long, device=device)
+            order = torch.argsort(pattern, stable=True)
+            where = rearrange(grid, 'b (nh wh) (nw ww) -> b (nh nw) (wh ww)', wh=wh, ww=ww)[:, order].flatten()
+            rows = torch.empty_like(where)
+            rows[where] = torch.arange(where.numel(), device=device)
+            positions.append(where)
+            row_of.append(rows)
+            pad = ~inside.flatten()[where]
+            self.gather.append(image_index.flatten()[where])
+            self.scatter.append(rows[padded[:, :height, :width].flatten()])
+            self.pad.append(pad.view(-1, self.tokens))
+            self.pad_rows.append(torch.nonzero(pad).squeeze(1))
+            self.key_pad.append(self.pad[-1].repeat(1, frames) if self.has_padding else None)
+            pattern = pattern[order].repeat(batch)
+            self.window_pattern.append(pattern)
+            self.shift_masks.append(patterns.view(-1, self.tokens, self.tokens * frames).float() * SHIFT_MASK_VALUE)
+            values, counts = torch.unique_consecutive(pattern, return_counts=True)
+            stops = counts.cumsum(0)
+            self.groups.append(list(zip((stops - counts).tolist(), stops.tolist(), values.tolist())))
+        # rows of layout s read from layout 1 - s: one gather undoes one shift and applies the other
+        self.switch_index = [row_of[1 - s][positions[s]] for s in (0, 1)]
+
+    def windows(self, image: torch.Tensor, shifted: bool) -> torch.Tensor:
+        """(b, h, w, C) -> (rows, C) in the layout of a (shifted) block; padding rows are zero."""
+        rows = image.reshape(-1, image.shape[-1]).index_select(0, self.gather[shifted])
+        if self.has_padding:
+            rows.index_fill_(0, self.pad_rows[shifted], 0.0)
+        return rows
+
+    def aligned_windows(self, frames: torch.Tensor, shifted: bool) -> torch.Tensor:
+        """(b, t, h, w, C) -> (b*nW, t*L, C): each window's tokens of the t frames, frame after frame."""
+        return torch.cat([self.windows(f, shifted).view(-1, self.tokens, f.shape[-1]) for f in frames.unbind(1)], 1)
+
+    def image(self, rows: torch.Tensor, shifted: bool) -> torch.Tensor:
+        """(rows, C) of a (shifted) layout -> (b, h, w, C) without the padding."""
+        return rows.index_select(0, self.scatter[shifted]).view(self.batch, self.height, self.width, -1)
+
+    def switch(self, rows: torch.Tensor, shifted: bool) -> torch.Tensor:
+        """Rows of the other layout -> rows of the layout of a (shifted) block."""
+        return rows.index_select(0, self.switch_index[shifted])
 
 
 def patch_flow_warp(x: torch.Tensor, flow: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
@@ -153,10 +234,16 @@ def keep_decision(logits: torch.Tensor, batch: int, training: bool, control: Mas
     return (torch.sigmoid(logits / control.temperature) >= 0.5).to(logits.dtype)
 
 
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm without affine (nn.LayerNorm's eps); the blocks' norm1 affine is folded into their weights."""
+    return F.layer_norm(x, x.shape[-1:])
+
+
 class InterIntraWindowAttention(nn.Module):
     """Queries: the current frame's Wh*Ww tokens of a window; keys/values: all Wt*Wh*Ww tokens of the window.
 
-    Parameter names follow the original (``qkv`` packs q, k, v; ``predmask`` only with a mask predictor).
+    Parameter names follow the original (``qkv`` packs q, k, v; ``predmask`` only with a mask predictor). The
+    projections take normalised tokens and the folded weights of :class:`BlockConstants`.
     """
 
     def __init__(self, dim: int, window_size: Sequence[int], num_heads: int, with_mask_predictor: bool) -> None:
@@ -177,81 +264,114 @@ class InterIntraWindowAttention(nn.Module):
         """(heads, L, S) additive bias."""
         return self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)
 
-    def queries(self, tokens: torch.Tensor) -> torch.Tensor:
-        q = F.linear(tokens, self.qkv.weight[:self.dim], self.qkv.bias[:self.dim])
-        return rearrange(q, 'n l (h d) -> n h l d', h=self.num_heads)
+    def _attend(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Softmax(q k^T / sqrt(d) + mask) v for q (n, l, C), kv (n, S, 2C), a 4-D mask; (n, l, C) view."""
+        heads = (self.num_heads, self.dim // self.num_heads)
+        q = q.unflatten(-1, heads).transpose(1, 2)
+        k = kv[..., :self.dim].unflatten(-1, heads).transpose(1, 2)
+        v = kv[..., self.dim:].unflatten(-1, heads).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+        return out.transpose(1, 2).flatten(2)
 
-    def keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kv = F.linear(tokens, self.qkv.weight[self.dim:], self.qkv.bias[self.dim:])
-        k, v = rearrange(kv, 'n s (two h d) -> two n h s d', two=2, h=self.num_heads)
-        return k, v
+    def _attend_windows(self, q: torch.Tensor, windows: torch.Tensor, aligned: torch.Tensor,
+                        key_pad: torch.Tensor | None, which: slice | torch.Tensor, consts: BlockConstants,
+                        mask: torch.Tensor) -> torch.Tensor:
+        """Attention of q (n, l, C) to the keys/values of the windows ``which`` (a slice or indices) of
+        windows (b*nW, L, C) and aligned (b*nW, S-L, C), computed here for just these windows."""
+        pick = (lambda t: t[which]) if isinstance(which, slice) else (lambda t: t.index_select(0, which))
+        kv = F.linear(torch.cat([pick(aligned), pick(windows)], 1), consts.kv_weight)
+        if key_pad is not None:
+            kv[pick(key_pad)] = consts.pad_kv.to(kv.dtype)
+        return self._attend(q, kv, mask)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Softmax(q k^T / sqrt(d) + mask) v, heads merged: (n, L, C)."""
-        # A 3-D (heads, L, S) mask sends CPU SDPA to its math fallback (about 4x slower, measured); with a
-        # leading batch dim of 1 it takes the fused (flash) kernel.
-        mask = mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None] if mask.dim() == 3 else mask)
-        return rearrange(out, 'n h l d -> n l (h d)')
+    def forward(self, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants, layout: WindowLayout,
+                shifted: bool) -> torch.Tensor:
+        """Projected attention output (rows, C) for every current-frame token. current: (rows, C) normalised;
+        aligned: (b*nW, S-L, C) normalised aligned-frame tokens in the same layout.
 
-    def forward(self, current: torch.Tensor, window: torch.Tensor, groups: list | None) -> torch.Tensor:
-        """Projected attention output for every current-frame token: (b*nW, L, C)."""
-        bias = self.position_bias()
-        q = self.queries(current)
-        k, v = self.keys_values(window)
-        if groups is None:
-            return self.proj(self.attend(q, k, v, bias))
-        out = q.new_empty(current.shape)
-        for ids, shift_mask in groups:
-            out[ids] = self.attend(q[ids], k[ids], v[ids], bias + shift_mask)
-        return self.proj(out)
+        Windows go through k/v and attention in chunks of WINDOW_CHUNK: the k/v of a chunk stay in cache
+        and large temporaries are not allocated afresh per block (page faults cost, measured on CPU)."""
+        windows = current.view(-1, layout.tokens, self.dim)
+        q = F.linear(windows, consts.q_weight, consts.q_bias)
+        out = []
+        for start, stop, pattern in layout.groups[shifted]:
+            mask = consts.attn_masks[pattern].transpose(0, 1)[None]  # (1, heads, L, S): broadcast
+            for first in range(start, stop, WINDOW_CHUNK):
+                which = slice(first, min(first + WINDOW_CHUNK, stop))
+                out.append(self._attend_windows(q[which], windows, aligned, layout.key_pad[shifted], which, consts,
+                                                mask))
+        out = torch.cat(out) if len(out) > 1 else out[0].reshape(windows.shape)
+        return F.linear(out, self.proj.weight, consts.proj_bias).view_as(current)
 
-    def forward_kept(self, current: torch.Tensor, window: torch.Tensor, groups: list | None, keep: torch.Tensor,
-                     previous: torch.Tensor) -> torch.Tensor:
+    def forward_kept(self, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
+                     layout: WindowLayout, shifted: bool, keep: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """Like ``forward`` but only for kept tokens; the others take ``previous``. keep: bool (b*nW, L).
 
-        Windows are bucketed by their number of kept queries (padded to a multiple of SPARSE_QUERY_BUCKET), so
-        the attention of a bucket is one fixed-shape SDPA call; windows without kept tokens are skipped.
+        Windows without a kept token are skipped (not even k/v). A window with at most WHOLE_WINDOW_SLACK
+        tokens not kept is computed whole, with the broadcast mask of its shift pattern. The other windows are
+        sorted by their number of kept tokens and taken WINDOW_CHUNK at a time; a chunk's queries are each
+        window's kept tokens, padded to the chunk's largest count, with their mask rows gathered per query.
         """
         out = previous.clone()
-        if not bool(keep.any()):
-            return out
-        bias = self.position_bias()
-        k_all, v_all = self.keys_values(window)
+        tokens = layout.tokens
         counts = keep.sum(1)
-        kept_first = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
-        caps = (counts + SPARSE_QUERY_BUCKET - 1) // SPARSE_QUERY_BUCKET * SPARSE_QUERY_BUCKET
-        caps = caps.clamp(max=keep.shape[1])
+        whole = counts >= tokens - WHOLE_WINDOW_SLACK
+        pattern = layout.window_pattern[shifted]
+        whole_windows = torch.nonzero(whole).squeeze(1)
+        whole_windows = whole_windows[torch.argsort(pattern[whole_windows], stable=True)]
+        partial = torch.nonzero((counts > 0) & ~whole).squeeze(1)
+        partial = partial[torch.argsort(counts[partial], descending=True, stable=True)]
+        windows = current.view(-1, tokens, self.dim)
+        every = torch.arange(tokens, device=keep.device)
         rows, values = [], []
-        all_windows = [(torch.arange(keep.shape[0], device=keep.device), None)] if groups is None else groups
-        for ids, shift_mask in all_windows:
-            for cap in caps[ids].unique().tolist():
-                if cap == 0:
-                    continue
-                win = ids[caps[ids] == cap]
-                pos = kept_first[win, :cap]
-                valid = torch.arange(cap, device=keep.device) < counts[win, None]
-                q = self.queries(current[win[:, None], pos])
-                mask = bias[:, pos].transpose(0, 1)  # (n, heads, cap, S)
-                if shift_mask is not None:
-                    mask = mask + shift_mask[pos][:, None]
-                att = self.attend(q, k_all[win], v_all[win], mask)
-                rows.append((win[:, None].expand_as(pos)[valid], pos[valid]))
-                values.append(att[valid])
-        projected = self.proj(torch.cat(values))
-        out[torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])] = projected.to(out.dtype)
+
+        def attend(which: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor) -> None:
+            token_rows = which[:, None] * tokens + positions
+            q = F.linear(current.index_select(0, token_rows.flatten()), consts.q_weight, consts.q_bias)
+            att = self._attend_windows(q.view(*positions.shape, self.dim), windows, aligned,
+                                       layout.key_pad[shifted], which, consts, mask)
+            rows.append(token_rows[valid])
+            values.append(att[valid])
+
+        runs, sizes = torch.unique_consecutive(pattern[whole_windows], return_counts=True)
+        start = 0
+        for run, size in zip(runs.tolist(), sizes.tolist()):
+            mask = consts.attn_masks[run].transpose(0, 1)[None]
+            for first in range(start, start + size, WINDOW_CHUNK):
+                which = whole_windows[first:min(first + WINDOW_CHUNK, start + size)]
+                attend(which, every.expand(which.numel(), -1), keep.index_select(0, which), mask)
+            start += size
+        if partial.numel():
+            kept_first = torch.argsort((~keep.index_select(0, partial)).to(torch.int8), dim=1, stable=True)
+            masks = consts.attn_masks.flatten(0, 1)  # (patterns * L, heads, S) rows to gather
+            for first, cap in zip(range(0, partial.numel(), WINDOW_CHUNK), counts[partial[::WINDOW_CHUNK]].tolist()):
+                which = partial[first:first + WINDOW_CHUNK]
+                positions = kept_first[first:first + WINDOW_CHUNK, :cap]
+                mask = masks.index_select(0, (pattern[which, None] * tokens + positions).flatten())
+                attend(which, positions, every[:cap] < counts[which, None],
+                       mask.view(*positions.shape, *mask.shape[1:]).transpose(1, 2))
+        if rows:
+            projected = F.linear(torch.cat(values), self.proj.weight, consts.proj_bias)
+            out.index_copy_(0, torch.cat(rows), projected.to(out.dtype))
         return out
 
 
-def _blend(new: torch.Tensor, old: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    return new * keep + old * (1 - keep)
+def _select(new: torch.Tensor, old: torch.Tensor, keep: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    """Rows of ``new`` where kept, of ``old`` elsewhere: a straight-through blend with the 0/1 ``keep`` (b*nW, L)
+    in training, a plain selection with ``kept`` in eval."""
+    if kept is None:
+        keep = keep.view(-1, 1)
+        return new * keep + old * (1 - keep)
+    return torch.where(kept.view(-1, 1), new, old)
 
 
 class InterIntraBlock(nn.Module):
     """One (masked) inter&intra-frame attention block; odd blocks shift the windows by half a window.
 
-    forward(x, neighbors, layout, state, control) -> (x, new_state, keep_ratio or None)
-      x: (b, h, w, C) current frame tokens; neighbors: (b, 2, h, w, C) LN'd aligned previous frames.
+    forward(x, aligned, consts, layout, state, control) -> (x, new_state, keep_ratio or None)
+      x: (rows, C) current-frame tokens in this block's window layout (``layout.windows(image, shifted)``);
+      aligned: (b*nW, 2L, C) the two aligned frames in the same layout, normalised without affine
+      (``layout.aligned_windows(normalise(tokens), shifted)``); consts: ``self.constants(layout)``.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: Sequence[int], shifted: bool, mlp_ratio: float,
@@ -265,57 +385,64 @@ class InterIntraBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def _to_windows(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, t, Hp, Wp, C) -> (b*nW, t*Wh*Ww, C), rolled by half a window first for shifted blocks.
+    def constants(self, layout: WindowLayout) -> BlockConstants:
+        """The folded projections and the attention masks for one forward call (differentiable).
 
-        The original also rolls time by Wt, which is a no-op on a Wt-frame window, so only space is rolled."""
-        _, wh, ww = self.window_size
-        if self.shifted:
-            x = torch.roll(x, (-(wh // 2), -(ww // 2)), dims=(2, 3))
-        return rearrange(x, 'b t (nh wh) (nw ww) c -> (b nh nw) (t wh ww) c', wh=wh, ww=ww)
+        W (g x + b) + c = (W diag g) x + (W b + c) for a normalised token x. The key/value projection has no
+        bias, which spares a pass over the largest tensor of a block: adding the same vector to every key
+        shifts each query's scores by a constant (softmax is unchanged), and to every value shifts the output
+        by it (folded into the output projection's bias). Padding tokens, zero after the original's norm, have
+        k/v = c, i.e. ``pad_kv = -(W b)`` relative to the dropped (W b + c).
+        """
+        dim = self.attn.dim
+        qkv, proj, scale = self.attn.qkv, self.attn.proj, self.norm1.weight
+        weight = qkv.weight * scale
+        bias = F.linear(self.norm1.bias, qkv.weight, qkv.bias)
+        bias_rows = self.attn.position_bias().transpose(0, 1)  # (L, heads, S)
+        masks = (bias_rows + layout.shift_masks[self.shifted][:, :, None]).contiguous()
+        mask_weight = mask_bias = None
+        if self.attn.predmask is not None:
+            # |(g a + b) - (g a' + b)| = |g| |a - a'|; the original detaches the predictor's input
+            mask_weight = self.attn.predmask.rnn.weight * scale.detach().abs()
+            mask_bias = self.attn.predmask.rnn.bias
+        return BlockConstants(weight[:dim], bias[:dim], weight[dim:], qkv.bias[dim:] - bias[dim:],
+                              F.linear(bias[2 * dim:], proj.weight, proj.bias), masks, mask_weight, mask_bias)
 
-    def _to_image(self, x: torch.Tensor, batch: int, hp: int, wp: int, h: int, w: int) -> torch.Tensor:
-        """(b*nW, Wh*Ww, ...) current-frame windows -> (b, h, w, ...), undoing the shift and the padding."""
-        _, wh, ww = self.window_size
-        x = rearrange(x, '(b nh nw) (wh ww) ... -> b (nh wh) (nw ww) ...', b=batch, nh=hp // wh, wh=wh, ww=ww)
-        if self.shifted:
-            x = torch.roll(x, (wh // 2, ww // 2), dims=(1, 2))
-        return x[:, :h, :w]
+    def _drop_path(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        return self.drop_path(x.view(batch, -1, x.shape[-1])).view_as(x)  # per sample, as in image layout
 
-    def forward(self, x: torch.Tensor, neighbors: torch.Tensor, layout: AttentionLayout, state: BlockState | None,
-                control: MaskControl) -> tuple[torch.Tensor, BlockState, torch.Tensor | None]:
-        b, h, w, _ = x.shape
-        seq = self.norm1(torch.cat([neighbors, x.unsqueeze(1)], dim=1))
-        seq = F.pad(seq, (0, 0, 0, layout.pad_w, 0, layout.pad_h))  # zero tokens after the norm, as the original
-        hp, wp = h + layout.pad_h, w + layout.pad_w
-        window = self._to_windows(seq)
-        current = window[:, -window.shape[1] // self.window_size[0]:]
-        groups = layout.groups if self.shifted else None
+    def forward(self, x: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants, layout: WindowLayout,
+                state: BlockState | None, control: MaskControl
+                ) -> tuple[torch.Tensor, BlockState, torch.Tensor | None]:
+        shifted = self.shifted
+        current = normalise(x)
+        if layout.has_padding:  # the original zero-pads after the norm
+            current.index_fill_(0, layout.pad_rows[shifted], 0.0)
 
-        keep = None
-        if control.use_mask and self.attn.predmask is not None and state is not None:
-            logits = self.attn.predmask((current.detach() - state.tokens).abs())
-            keep = keep_decision(logits, b, self.training, control)
-        sparse = keep is not None and control.sparse and not self.training
+        keep = kept = None
+        if control.use_mask and consts.mask_weight is not None and state is not None:
+            change = torch.sub(current.detach(), state.tokens).abs_()
+            logits = F.linear(change, consts.mask_weight, consts.mask_bias)
+            keep = keep_decision(logits.view(-1, layout.tokens), layout.batch, self.training, control)
+            if not self.training:
+                kept = keep.bool()
+                if layout.has_padding:  # padding tokens are cropped from the output: never worth computing
+                    kept &= ~layout.pad[shifted]
 
-        if sparse:
-            attn_out = self.attn.forward_kept(current, window, groups, keep.bool(), state.attn_out)
+        if kept is not None and control.sparse and int(kept.sum()) < SPARSE_BELOW * kept.numel():
+            attn_out = self.attn.forward_kept(current, aligned, consts, layout, shifted, kept, state.attn_out)
+            x = x + attn_out
+            rows = torch.nonzero(kept.flatten()).squeeze(1)
+            hidden = state.mlp_out.clone()
+            hidden.index_copy_(0, rows, self.mlp(self.norm2(x.index_select(0, rows))).to(hidden.dtype))
         else:
-            attn_out = self.attn(current, window, groups)
+            attn_out = self.attn(current, aligned, consts, layout, shifted)
             if keep is not None:
-                attn_out = _blend(attn_out, state.attn_out, keep.unsqueeze(-1))
-        x = x + self.drop_path(self._to_image(attn_out, b, hp, wp, h, w))
-
-        if keep is None:
-            hidden = self.drop_path(self.mlp(self.norm2(x)))
-        else:
-            keep_img = self._to_image(keep, b, hp, wp, h, w)
-            if sparse:
-                selected = keep_img.bool()
-                hidden = state.mlp_out.clone()
-                hidden[selected] = self.mlp(self.norm2(x[selected])).to(hidden.dtype)
-            else:
-                hidden = _blend(self.drop_path(self.mlp(self.norm2(x))), state.mlp_out, keep_img.unsqueeze(-1))
+                attn_out = _select(attn_out, state.attn_out, keep, kept)
+            x = x + self._drop_path(attn_out, layout.batch)
+            hidden = self._drop_path(self.mlp(self.norm2(x)), layout.batch)
+            if keep is not None:
+                hidden = _select(hidden, state.mlp_out, keep, kept)
         x = x + hidden
         ratio = None if keep is None else keep.mean()
         return x, BlockState(current.detach(), attn_out.detach(), hidden.detach()), ratio
@@ -349,9 +476,10 @@ class _Norm(nn.Module):
 class PatchAlignTransformer(nn.Module):
     """One propagation branch (the original's ``SwinIRFM``): refines the current frame given two aligned ones.
 
-    forward(frames, states, control, layout, use_checkpoint) -> (features, new_states, keep_ratios)
+    forward(frames, states, control, layout, constants, use_checkpoint) -> (features, new_states, keep_ratios)
       frames: (n, 3, C, h, w) = [aligned t-2, aligned t-1, current]; states: one BlockState per block or None
-      (first frame); keep_ratios: one entry per block (None where no mask acted).
+      (first frame); constants: ``self.constants(layout)``, computed once per forward call of the network;
+      keep_ratios: one entry per block (None where no mask acted).
 
     ``conv_first``, ``conv_first_feat`` and ``conv_before_upsample`` exist only so that official checkpoints
     load with strict=True: the original applies them only to 3- or 64-channel inputs (never at embed_dim
@@ -387,26 +515,40 @@ class PatchAlignTransformer(nn.Module):
     def num_blocks(self) -> int:
         return sum(len(layer.residual_group.blocks) for layer in self.layers)
 
+    def constants(self, layout: WindowLayout) -> list[BlockConstants]:
+        """Every block's :class:`BlockConstants` for one forward call of the branch."""
+        return [block.constants(layout) for layer in self.layers for block in layer.residual_group.blocks]
+
     def forward(self, frames: torch.Tensor, states: list[BlockState] | None, control: MaskControl,
-                layout: AttentionLayout, use_checkpoint: bool
+                layout: WindowLayout, constants: list[BlockConstants], use_checkpoint: bool
                 ) -> tuple[torch.Tensor, list[BlockState], list[torch.Tensor | None]]:
         center = frames[:, -1]
         tokens = self.patch_embed.norm(frames.permute(0, 1, 3, 4, 2))
-        neighbors, x = tokens[:, :-1], tokens[:, -1]
+        # every block attends to the same aligned frames: normalised and partitioned once per step
+        aligned = normalise(tokens[:, :-1])
+        aligned = [layout.aligned_windows(aligned, shifted) for shifted in (False, True)]
+        x = tokens[:, -1]
         new_states, ratios = [], []
         block_index = 0
         for layer in self.layers:
             shortcut = x
-            for block in layer.residual_group.blocks:
+            blocks = layer.residual_group.blocks
+            shifted = blocks[0].shifted
+            rows = layout.windows(x, shifted)
+            for block in blocks:
+                if block.shifted != shifted:
+                    shifted = block.shifted
+                    rows = layout.switch(rows, shifted)
                 state = None if states is None else states[block_index]
+                args = (rows, aligned[shifted], constants[block_index], layout, state, control)
                 if use_checkpoint and self.training and torch.is_grad_enabled():
-                    x, state, ratio = checkpoint(block, x, neighbors, layout, state, control, use_reentrant=False)
+                    rows, state, ratio = checkpoint(block, *args, use_reentrant=False)
                 else:
-                    x, state, ratio = block(x, neighbors, layout, state, control)
+                    rows, state, ratio = block(*args)
                 new_states.append(state)
                 ratios.append(ratio)
                 block_index += 1
-            x = layer.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1) + shortcut
+            x = layer.conv(layout.image(rows, shifted).permute(0, 3, 1, 2)).permute(0, 2, 3, 1) + shortcut
         features = self.norm(x).permute(0, 3, 1, 2)
         return self.conv_after_body(features) + center, new_states, ratios
 
@@ -500,7 +642,7 @@ class RecurrentInterIntraVSR(nn.Module):
         return backward, forward
 
     def propagate(self, branch: str, inputs: list[torch.Tensor], flows: torch.Tensor, control: MaskControl,
-                  layout: AttentionLayout) -> tuple[list[torch.Tensor], list[list[torch.Tensor | None]]]:
+                  layout: WindowLayout) -> tuple[list[torch.Tensor], list[list[torch.Tensor | None]]]:
         """Run one branch over the clip; returns its per-frame features (in time order) and keep ratios per
         step (in processing order)."""
         t = len(inputs)
@@ -509,6 +651,7 @@ class RecurrentInterIntraVSR(nn.Module):
         # flows[:, flow_of[i]] aligns the previously processed frame to frame i
         flow_of = (lambda i: i) if backward else (lambda i: i - 1)
         module = self.patch_align[branch]
+        constants = module.constants(layout)
         patch = self.window_size[1:]
         outputs, states, ratios = [], None, []
         for step, idx in enumerate(order):
@@ -524,7 +667,7 @@ class RecurrentInterIntraVSR(nn.Module):
                     flow_n2 = flow_n1 + flow_warp(flows[:, flow_of(prev_idx)], flow_n1.permute(0, 2, 3, 1))
                     cond_n2 = patch_flow_warp(outputs[-2], flow_n2, patch)
                 frames = torch.stack([cond_n2, cond_n1, current], dim=1)
-            feature, states, step_ratios = module(frames, states, control, layout, self.use_checkpoint)
+            feature, states, step_ratios = module(frames, states, control, layout, constants, self.use_checkpoint)
             outputs.append(feature)
             ratios.append(step_ratios)
         return (outputs[::-1] if backward else outputs), ratios
@@ -553,7 +696,7 @@ class RecurrentInterIntraVSR(nn.Module):
             flows_backward, flows_forward = self.compute_flows(padded)
         else:
             flows_backward = flows_forward = padded.new_zeros(n, 0, 2, hp, wp)
-        layout = attention_layout(n, hp, wp, self.window_size, padded.device)
+        layout = WindowLayout(n, hp, wp, self.window_size, padded.device)
         features, all_ratios = list(spatial), []
         for branch in BRANCHES:
             flows = flows_backward if branch.startswith('backward') else flows_forward

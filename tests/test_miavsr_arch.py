@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vsrkit.archs  # noqa: F401  (registers the archs)
 from vsrkit.archs import mia_blocks, miavsr_arch
-from vsrkit.archs.mia_blocks import BlockState, InterIntraBlock, MaskControl, attention_layout
+from vsrkit.archs.mia_blocks import InterIntraBlock, MaskControl, WindowLayout, normalise
 from vsrkit.archs.miavsr_arch import MIAVSR
 from vsrkit.utils.registry import ARCH_REGISTRY
 
@@ -108,24 +108,105 @@ def reference_attention(attn, current, window, height, width, shifted):
     return out.transpose(1, 2).reshape(-1, 64, c) @ attn.proj.weight.T + attn.proj.bias
 
 
+def reference_windows(block, x, neighbors, shifted):
+    """The original's windows: norm1 over the three frames, zeros padded after the norm to the window multiple,
+    rolled by half a window for shifted blocks, 3x8x8 windows in (row, col) order."""
+    height, width, c = x.shape[1:]
+    hp, wp = -(-height // 8) * 8, -(-width // 8) * 8
+    padded = torch.zeros(3, hp, wp, c)
+    padded[:, :height, :width] = block.norm1(torch.cat([neighbors, x[:, None]], 1))[0]
+    if shifted:
+        padded = padded.roll((-4, -4), (1, 2))
+    return padded.reshape(3, hp // 8, 8, wp // 8, 8, c).permute(1, 3, 0, 2, 4, 5).reshape(-1, 192, c), hp, wp
+
+
+def reference_image(windows, hp, wp, height, width, shifted):
+    """Inverse of reference_windows for (windows, 64, C) current-frame outputs, cropped to the frame."""
+    c = windows.shape[-1]
+    image = windows.reshape(hp // 8, wp // 8, 8, 8, c).permute(0, 2, 1, 3, 4).reshape(hp, wp, c)
+    return (image.roll((4, 4), (0, 1)) if shifted else image)[:height, :width]
+
+
 @pytest.mark.parametrize('shifted', [False, True])
-def test_attention_matches_independent_reference(shifted):
+@pytest.mark.parametrize('size', [(12, 20), (16, 24)])
+def test_attention_matches_independent_reference(shifted, size):
+    """A block's attention (norm1's affine folded into the projections, k/v bias moved out, padding, shifted
+    windows, window rows of WindowLayout) equals the original's construction on a 12x20 frame (padded to
+    16x24) and a 16x24 one; the gather/scatter path equals it on kept tokens of whole, partial and empty
+    windows of every shift-mask pattern."""
     torch.manual_seed(1)
     block = InterIntraBlock(12, 2, (3, 8, 8), shifted=shifted, mlp_ratio=2.0, drop_path=0.0,
                             with_mask_predictor=True)
     torch.nn.init.normal_(block.attn.relative_position_bias_table, std=1.0)
-    window = torch.randn(4, 192, 12)
-    current = window[:, 128:]
-    layout = attention_layout(1, 16, 16, (3, 8, 8), window.device)
-    expected = reference_attention(block.attn, current, window, 16, 16, shifted)
-    groups = layout.groups if shifted else None
-    assert torch.allclose(block.attn(current, window, groups), expected, atol=1e-5)
-    # the gather/scatter path: kept rows equal the reference, the others keep the previous values
-    keep = torch.rand(4, 64) < 0.4
-    previous = torch.randn(4, 64, 12)
-    sparse = block.attn.forward_kept(current, window, groups, keep, previous)
-    assert torch.allclose(sparse[keep], expected[keep], atol=1e-5)
+    torch.nn.init.normal_(block.attn.qkv.bias, std=0.5)
+    torch.nn.init.normal_(block.attn.proj.bias, std=0.5)
+    torch.nn.init.uniform_(block.norm1.weight, 0.5, 1.5)
+    torch.nn.init.normal_(block.norm1.bias, std=0.5)
+    x, neighbors = torch.randn(1, *size, 12), torch.randn(1, 2, *size, 12)
+    with torch.no_grad():
+        windows, hp, wp = reference_windows(block, x, neighbors, shifted)
+        expected = reference_attention(block.attn, windows[:, 128:], windows, hp, wp, shifted)
+        expected = reference_image(expected, hp, wp, *size, shifted)
+
+        layout = WindowLayout(1, *size, (3, 8, 8), x.device)
+        consts = block.constants(layout)
+        pad = layout.pad[shifted]
+        current = normalise(layout.windows(x, shifted)).masked_fill(pad.view(-1, 1), 0.0)
+        aligned = layout.aligned_windows(normalise(neighbors), shifted)
+        dense = block.attn(current, aligned, consts, layout, shifted)
+        # kept shares per window (layout order: by shift pattern): whole (>= 56 kept), partial and empty
+        # windows; padding is never kept
+        share = torch.tensor([0.5, 0.0, 1.0, 0.95, 0.2, 0.9])[:, None]
+        keep = (torch.rand(pad.shape) < share) & ~pad
+        previous = torch.randn_like(current)
+        sparse = block.attn.forward_kept(current, aligned, consts, layout, shifted, keep, previous)
+    assert torch.allclose(layout.image(dense, shifted)[0], expected, atol=1e-5)
+    expected_rows = layout.windows(expected[None], shifted)
+    keep = keep.flatten()
+    assert torch.allclose(sparse[keep], expected_rows[keep], atol=1e-5)
     assert torch.equal(sparse[~keep], previous[~keep])
+
+
+def test_mask_decisions_match_the_original_formula():
+    """keep = sigmoid(predmask(|LN1(x_t) - LN1(x_t-1)|) / T) >= 0.5 per token, padding tokens (zero after the
+    norm in both frames) included in the ratio; here with norm1's affine folded into the predictor."""
+    torch.manual_seed(3)
+    block = InterIntraBlock(12, 2, (3, 8, 8), shifted=True, mlp_ratio=2.0, drop_path=0.0,
+                            with_mask_predictor=True).eval()
+    torch.nn.init.uniform_(block.norm1.weight, -1.5, 1.5)
+    torch.nn.init.normal_(block.norm1.bias, std=0.5)
+    torch.nn.init.normal_(block.attn.predmask.rnn.weight, std=1.0)
+    frames = torch.randn(2, 1, 12, 20, 12)
+    neighbors = torch.randn(1, 2, 12, 20, 12)
+    layout = WindowLayout(1, 12, 20, (3, 8, 8), frames.device)
+    pad = layout.pad[True].flatten()
+    with torch.no_grad():
+        change = (block.norm1(frames[1]) - block.norm1(frames[0])).abs()
+        block.attn.predmask.rnn.bias.fill_(0.0)
+        block.attn.predmask.rnn.bias.fill_(-block.attn.predmask(change).median().item())  # keeps about half
+        consts = block.constants(layout)
+        aligned = layout.aligned_windows(normalise(neighbors), True)
+        # between blocks, padding rows hold whatever the previous block left there
+        rows = [layout.windows(f, True).masked_scatter(pad[:, None], torch.randn(pad.sum(), 12)) for f in frames]
+        _, state, _ = block(rows[0], aligned, consts, layout, None, MaskControl())
+        _, _, ratio = block(rows[1], aligned, consts, layout, state, MaskControl())
+        keep = torch.sigmoid(block.attn.predmask(change) / (2 / 3)) >= 0.5
+        pad_keep = torch.sigmoid(block.attn.predmask.rnn.bias / (2 / 3)) >= 0.5
+    pads = 16 * 24 - 12 * 20
+    expected = (keep.sum() + pads * pad_keep.sum()) / (16 * 24)
+    assert 0.1 < expected < 0.9
+    assert ratio.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_window_layout_round_trips_and_switches():
+    x = torch.randn(2, 12, 20, 5)
+    layout = WindowLayout(2, 12, 20, (3, 8, 8), x.device)
+    for shifted in (False, True):
+        rows = layout.windows(x, shifted)
+        assert rows.shape == (2 * 6 * 64, 5)
+        assert torch.equal(layout.image(rows, shifted), x)
+        assert torch.equal(rows[layout.pad[shifted].flatten()], torch.zeros(2 * (16 * 24 - 12 * 20), 5))
+        assert torch.equal(layout.switch(layout.windows(x, not shifted), shifted), rows)
 
 
 def test_odd_sizes_batch_two_and_small_frames():
@@ -185,23 +266,43 @@ def test_masked_inference_skips_work():
     torch.manual_seed(2)
     block = InterIntraBlock(120, 6, (3, 8, 8), shifted=True, mlp_ratio=2.0, drop_path=0.0,
                             with_mask_predictor=True).eval()
-    x, neighbors = torch.randn(1, 64, 64, 120), torch.randn(1, 2, 64, 64, 120)
-    layout = attention_layout(1, 64, 64, (3, 8, 8), x.device)
+    layout = WindowLayout(1, 64, 64, (3, 8, 8), torch.device('cpu'))
+    x = layout.windows(torch.randn(1, 64, 64, 120), True)
+    aligned = layout.aligned_windows(normalise(torch.randn(1, 2, 64, 64, 120)), True)
     with torch.no_grad():
-        _, state, _ = block(x, neighbors, layout, None, MaskControl())
+        consts = block.constants(layout)
+        _, state, _ = block(x, aligned, consts, layout, None, MaskControl())
 
     def flops(keep: float) -> int:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            block(x + 0.1, neighbors, layout, state, MaskControl(forced_keep_ratio=keep))
+            block(x + torch.randn_like(x), aligned, consts, layout, state, MaskControl(forced_keep_ratio=keep))
         return counter.get_total_flops()
 
     full, quarter, none = flops(1.0), flops(0.25), flops(0.0)
     # FlopCounterMode counts the linear layers here (not CPU SDPA). Per current token, in C^2 MACs: k/v of the
-    # 3 frames 6, q 1, proj 1, MLP 4; queries are padded per window to a multiple of 16 (up to ~+0.1).
-    # With no kept token even k/v are skipped (only the mask predictor runs).
+    # 3 frames 6, q 1, proj 1, MLP 4; a window's queries are padded to the largest count of its chunk of
+    # windows (a few %). With no kept token even k/v are skipped (only the mask predictor runs).
     kv, rest = 6.0, 1 + 1 + 4
     assert quarter / full == pytest.approx((kv + 0.25 * rest) / (kv + rest), abs=0.02)
     assert none / full < 0.01
+
+
+def test_weights_are_folded_afresh_after_an_update():
+    """The folded projections and the bias/shift masks are derived from the parameters at every forward call:
+    after an in-place update (as an optimiser step does), the network computes what a fresh one with those
+    weights computes, in training and in eval mode."""
+    model = tiny_model(gumbel_noise=False).train()
+    lqs = clip_frames(2, (64, 64))
+    model(lqs)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(k in name for k in ('relative_position_bias_table', 'norm1', 'qkv', 'proj', 'predmask')):
+                p.add_(torch.randn_like(p), alpha=0.5)
+    fresh = tiny_model(gumbel_noise=False)
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for mode in ('train', 'eval'):
+            assert torch.allclose(getattr(model, mode)()(lqs), getattr(fresh, mode)()(lqs), atol=1e-6), mode
 
 
 def test_bug_a_checkpointing_gives_the_same_gradients():
