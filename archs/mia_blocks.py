@@ -29,7 +29,10 @@ copies: per-block rolls, pads, partitions, concatenations and gathers; see bench
 - The folded weights, and the relative-position bias added to each shift-mask pattern, are computed once per
   forward call of a branch (:meth:`InterIntraBlock.constants`): never stale, in training as in eval.
 - Within a sample, the windows of the shifted layout are sorted by mask pattern, so attention is one SDPA
-  call per pattern with a broadcast (1, heads, L, S) float mask (which keeps CPU SDPA on its fused kernel).
+  call per pattern (and chunk) with a broadcast (1, heads, L, S) float mask, which keeps CPU SDPA on its
+  fused kernel.
+- A block runs WINDOW_CHUNK windows at a time from its norm to its MLP, and keeps no state for the next
+  frame when no mask will read it.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ import vsrkit.utils  # noqa: F401  (basicsr compatibility shim before the basics
 from basicsr.archs.arch_util import flow_warp
 
 SHIFT_MASK_VALUE = -100.0  # the original's additive mask value between regions of a shifted window (not -inf)
-WINDOW_CHUNK = 32  # windows per k/v + attention call (a few MB of temporaries at the REDS width)
+WINDOW_CHUNK = 32  # windows a block computes at a time (temporaries of a few MB at the REDS width)
 SPARSE_BELOW = 0.6  # eval: gather/scatter below this share of kept tokens; above, computing all is cheaper
 WHOLE_WINDOW_SLACK = 8  # sparse path: a window missing at most this many kept tokens is computed whole
 
@@ -117,8 +120,8 @@ class WindowLayout:
     half a window (the original also rolls time by Wt, a no-op on a Wt-frame window). Rows are batch-major,
     ``tokens`` (Wh*Ww) consecutive rows form a window. Within a sample the shifted layout's windows are sorted
     by their shift-mask pattern (Swin's 9 regions, value -100); ``groups[s]`` lists ``(start, stop, pattern)``
-    window ranges, ``shift_masks[s]`` the (patterns, L, S) additive masks, ``window_pattern[s]`` each
-    window's pattern. ``pad[s]`` marks padding rows (b*nW, L), ``key_pad[s]`` padding keys (b*nW, S) or None.
+    window ranges (never across samples), ``shift_masks[s]`` the (patterns, L, S) additive masks,
+    ``window_pattern[s]`` each window's pattern. ``pad[s]`` marks padding rows (b*nW, L), ``key_pad[s]`` padding keys (b*nW, S) or None.
     """
 
     def __init__(self, batch: int, height: int, width: int, window_size: Sequence[int],
@@ -127,6 +130,7 @@ class WindowLayout:
         hp, wp = height + (-height) % wh, width + (-width) % ww
         self.batch, self.height, self.width = batch, height, width
         self.tokens = wh * ww
+        self.windows_per_sample = (hp // wh) * (wp // ww)
         self.has_padding = (hp, wp) != (height, width)
         padded = torch.arange(batch * hp * wp, device=device).view(batch, hp, wp)
         inside = torch.zeros(batch, hp, wp, dtype=torch.bool, device=device)
@@ -166,12 +170,14 @@ class WindowLayout:
             self.pad.append(pad.view(-1, self.tokens))
             self.pad_rows.append(torch.nonzero(pad).squeeze(1))
             self.key_pad.append(self.pad[-1].repeat(1, frames) if self.has_padding else None)
-            pattern = pattern[order].repeat(batch)
-            self.window_pattern.append(pattern)
+            pattern = pattern[order]
+            self.window_pattern.append(pattern.repeat(batch))
             self.shift_masks.append(patterns.view(-1, self.tokens, self.tokens * frames).float() * SHIFT_MASK_VALUE)
             values, counts = torch.unique_consecutive(pattern, return_counts=True)
-            stops = counts.cumsum(0)
-            self.groups.append(list(zip((stops - counts).tolist(), stops.tolist(), values.tolist())))
+            stops = counts.cumsum(0).tolist()
+            self.groups.append([(n * len(pattern) + stop - count, n * len(pattern) + stop, value)
+                                for n in range(batch) for stop, count, value in zip(stops, counts.tolist(),
+                                                                                    values.tolist())])
         # rows of layout s read from layout 1 - s: one gather undoes one shift and applies the other
         self.switch_index = [row_of[1 - s][positions[s]] for s in (0, 1)]
 
@@ -264,56 +270,38 @@ class InterIntraWindowAttention(nn.Module):
         """(heads, L, S) additive bias."""
         return self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)
 
-    def _attend(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Softmax(q k^T / sqrt(d) + mask) v for q (n, l, C), kv (n, S, 2C), a 4-D mask; (n, l, C) view."""
+    def forward(self, queries: torch.Tensor, windows: torch.Tensor, aligned: torch.Tensor,
+                key_pad: torch.Tensor | None, consts: BlockConstants, mask: torch.Tensor) -> torch.Tensor:
+        """Projected attention output (n, l, C) of ``queries`` (n, l, C) on the keys/values of n windows.
+
+        queries, windows (n, L, C), aligned (n, S-L, C): normalised current-frame and aligned-frame tokens;
+        key_pad: (n, S) padding keys or None; mask: (1 or n, heads, l, S) additive bias and shift mask.
+        """
+        kv = F.linear(torch.cat([aligned, windows], 1), consts.kv_weight)
+        if key_pad is not None:
+            kv[key_pad] = consts.pad_kv.to(kv.dtype)
         heads = (self.num_heads, self.dim // self.num_heads)
-        q = q.unflatten(-1, heads).transpose(1, 2)
+        q = F.linear(queries, consts.q_weight, consts.q_bias).unflatten(-1, heads).transpose(1, 2)
         k = kv[..., :self.dim].unflatten(-1, heads).transpose(1, 2)
         v = kv[..., self.dim:].unflatten(-1, heads).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
-        return out.transpose(1, 2).flatten(2)
-
-    def _attend_windows(self, q: torch.Tensor, windows: torch.Tensor, aligned: torch.Tensor,
-                        key_pad: torch.Tensor | None, which: slice | torch.Tensor, consts: BlockConstants,
-                        mask: torch.Tensor) -> torch.Tensor:
-        """Attention of q (n, l, C) to the keys/values of the windows ``which`` (a slice or indices) of
-        windows (b*nW, L, C) and aligned (b*nW, S-L, C), computed here for just these windows."""
-        pick = (lambda t: t[which]) if isinstance(which, slice) else (lambda t: t.index_select(0, which))
-        kv = F.linear(torch.cat([pick(aligned), pick(windows)], 1), consts.kv_weight)
-        if key_pad is not None:
-            kv[pick(key_pad)] = consts.pad_kv.to(kv.dtype)
-        return self._attend(q, kv, mask)
-
-    def forward(self, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants, layout: WindowLayout,
-                shifted: bool) -> torch.Tensor:
-        """Projected attention output (rows, C) for every current-frame token. current: (rows, C) normalised;
-        aligned: (b*nW, S-L, C) normalised aligned-frame tokens in the same layout.
-
-        Windows go through k/v and attention in chunks of WINDOW_CHUNK: the k/v of a chunk stay in cache
-        and large temporaries are not allocated afresh per block (page faults cost, measured on CPU)."""
-        windows = current.view(-1, layout.tokens, self.dim)
-        q = F.linear(windows, consts.q_weight, consts.q_bias)
-        out = []
-        for start, stop, pattern in layout.groups[shifted]:
-            mask = consts.attn_masks[pattern].transpose(0, 1)[None]  # (1, heads, L, S): broadcast
-            for first in range(start, stop, WINDOW_CHUNK):
-                which = slice(first, min(first + WINDOW_CHUNK, stop))
-                out.append(self._attend_windows(q[which], windows, aligned, layout.key_pad[shifted], which, consts,
-                                                mask))
-        out = torch.cat(out) if len(out) > 1 else out[0].reshape(windows.shape)
-        return F.linear(out, self.proj.weight, consts.proj_bias).view_as(current)
+        return F.linear(out.transpose(1, 2).flatten(2), self.proj.weight, consts.proj_bias)
 
     def forward_kept(self, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
                      layout: WindowLayout, shifted: bool, keep: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """Like ``forward`` but only for kept tokens; the others take ``previous``. keep: bool (b*nW, L).
+        """Projected attention output (rows, C) for the kept tokens; the others take ``previous``.
 
-        Windows without a kept token are skipped (not even k/v). A window with at most WHOLE_WINDOW_SLACK
-        tokens not kept is computed whole, with the broadcast mask of its shift pattern. The other windows are
-        sorted by their number of kept tokens and taken WINDOW_CHUNK at a time; a chunk's queries are each
-        window's kept tokens, padded to the chunk's largest count, with their mask rows gathered per query.
+        current: (rows, C) normalised current-frame tokens of the layout of a (shifted) block; aligned:
+        (b*nW, S-L, C); keep: bool (b*nW, L). Windows without a kept token are skipped (not even k/v). A window
+        with at most WHOLE_WINDOW_SLACK tokens not kept is computed whole, with the broadcast mask of its shift
+        pattern. The other windows are sorted by their number of kept tokens and taken WINDOW_CHUNK at a
+        time; a chunk's queries are each window's kept tokens, padded to the chunk's largest count, with their
+        mask rows gathered per query.
         """
         out = previous.clone()
         tokens = layout.tokens
+        windows = current.view(-1, tokens, self.dim)
+        key_pad = layout.key_pad[shifted]
         counts = keep.sum(1)
         whole = counts >= tokens - WHOLE_WINDOW_SLACK
         pattern = layout.window_pattern[shifted]
@@ -321,15 +309,14 @@ class InterIntraWindowAttention(nn.Module):
         whole_windows = whole_windows[torch.argsort(pattern[whole_windows], stable=True)]
         partial = torch.nonzero((counts > 0) & ~whole).squeeze(1)
         partial = partial[torch.argsort(counts[partial], descending=True, stable=True)]
-        windows = current.view(-1, tokens, self.dim)
         every = torch.arange(tokens, device=keep.device)
         rows, values = [], []
 
         def attend(which: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor) -> None:
             token_rows = which[:, None] * tokens + positions
-            q = F.linear(current.index_select(0, token_rows.flatten()), consts.q_weight, consts.q_bias)
-            att = self._attend_windows(q.view(*positions.shape, self.dim), windows, aligned,
-                                       layout.key_pad[shifted], which, consts, mask)
+            queries = current.index_select(0, token_rows.flatten()).view(*positions.shape, self.dim)
+            att = self(queries, windows.index_select(0, which), aligned.index_select(0, which),
+                       None if key_pad is None else key_pad.index_select(0, which), consts, mask)
             rows.append(token_rows[valid])
             values.append(att[valid])
 
@@ -351,27 +338,31 @@ class InterIntraWindowAttention(nn.Module):
                 attend(which, positions, every[:cap] < counts[which, None],
                        mask.view(*positions.shape, *mask.shape[1:]).transpose(1, 2))
         if rows:
-            projected = F.linear(torch.cat(values), self.proj.weight, consts.proj_bias)
-            out.index_copy_(0, torch.cat(rows), projected.to(out.dtype))
+            out.index_copy_(0, torch.cat(rows), torch.cat(values).to(out.dtype))
         return out
 
 
 def _select(new: torch.Tensor, old: torch.Tensor, keep: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
-    """Rows of ``new`` where kept, of ``old`` elsewhere: a straight-through blend with the 0/1 ``keep`` (b*nW, L)
+    """Rows of ``new`` where kept, of ``old`` elsewhere: a straight-through blend with the 0/1 ``keep`` (n, L)
     in training, a plain selection with ``kept`` in eval."""
     if kept is None:
-        keep = keep.view(-1, 1)
+        keep = keep.reshape(-1, 1)
         return new * keep + old * (1 - keep)
-    return torch.where(kept.view(-1, 1), new, old)
+    return torch.where(kept.reshape(-1, 1), new, old)
 
 
 class InterIntraBlock(nn.Module):
     """One (masked) inter&intra-frame attention block; odd blocks shift the windows by half a window.
 
-    forward(x, aligned, consts, layout, state, control) -> (x, new_state, keep_ratio or None)
+    forward(x, aligned, consts, layout, state, control) -> (x, new_state or None, keep_ratio or None)
       x: (rows, C) current-frame tokens in this block's window layout (``layout.windows(image, shifted)``);
       aligned: (b*nW, 2L, C) the two aligned frames in the same layout, normalised without affine
-      (``layout.aligned_windows(normalise(tokens), shifted)``); consts: ``self.constants(layout)``.
+      (``layout.aligned_windows(normalise(tokens), shifted)``); consts: ``self.constants(layout)``. The new
+      state is None when no mask will read it (no predictor, or ``use_mask`` off).
+
+    The block runs WINDOW_CHUNK windows at a time from the norm to the MLP: a chunk's temporaries stay in
+    cache and are recycled by the allocator, where whole-frame temporaries were page-faulted afresh in every
+    block (measured: a third of the time of a 180x320 frame).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: Sequence[int], shifted: bool, mlp_ratio: float,
@@ -408,12 +399,9 @@ class InterIntraBlock(nn.Module):
         return BlockConstants(weight[:dim], bias[:dim], weight[dim:], qkv.bias[dim:] - bias[dim:],
                               F.linear(bias[2 * dim:], proj.weight, proj.bias), masks, mask_weight, mask_bias)
 
-    def _drop_path(self, x: torch.Tensor, batch: int) -> torch.Tensor:
-        return self.drop_path(x.view(batch, -1, x.shape[-1])).view_as(x)  # per sample, as in image layout
-
     def forward(self, x: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants, layout: WindowLayout,
                 state: BlockState | None, control: MaskControl
-                ) -> tuple[torch.Tensor, BlockState, torch.Tensor | None]:
+                ) -> tuple[torch.Tensor, BlockState | None, torch.Tensor | None]:
         shifted = self.shifted
         current = normalise(x)
         if layout.has_padding:  # the original zero-pads after the norm
@@ -429,23 +417,60 @@ class InterIntraBlock(nn.Module):
                 if layout.has_padding:  # padding tokens are cropped from the output: never worth computing
                     kept &= ~layout.pad[shifted]
 
+        with_state = control.use_mask and consts.mask_weight is not None
         if kept is not None and control.sparse and int(kept.sum()) < SPARSE_BELOW * kept.numel():
-            attn_out = self.attn.forward_kept(current, aligned, consts, layout, shifted, kept, state.attn_out)
-            x = x + attn_out
-            rows = torch.nonzero(kept.flatten()).squeeze(1)
-            hidden = state.mlp_out.clone()
-            hidden.index_copy_(0, rows, self.mlp(self.norm2(x.index_select(0, rows))).to(hidden.dtype))
+            x, attn_out, hidden = self._forward_kept(x, current, aligned, consts, layout, state, kept)
         else:
-            attn_out = self.attn(current, aligned, consts, layout, shifted)
-            if keep is not None:
-                attn_out = _select(attn_out, state.attn_out, keep, kept)
-            x = x + self._drop_path(attn_out, layout.batch)
-            hidden = self._drop_path(self.mlp(self.norm2(x)), layout.batch)
-            if keep is not None:
-                hidden = _select(hidden, state.mlp_out, keep, kept)
-        x = x + hidden
+            x, attn_out, hidden = self._forward_all(x, current, aligned, consts, layout, state, keep, kept,
+                                                    with_state)
         ratio = None if keep is None else keep.mean()
-        return x, BlockState(current.detach(), attn_out.detach(), hidden.detach()), ratio
+        new_state = BlockState(current.detach(), attn_out.detach(), hidden.detach()) if with_state else None
+        return x, new_state, ratio
+
+    def _forward_all(self, x: torch.Tensor, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
+                     layout: WindowLayout, state: BlockState | None, keep: torch.Tensor | None,
+                     kept: torch.Tensor | None, with_state: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Every token computed, chunk by chunk; with a mask, tokens not kept take the previous outputs."""
+        tokens, dim = layout.tokens, x.shape[-1]
+        windows = current.view(-1, tokens, dim)
+        key_pad = layout.key_pad[self.shifted]
+        # per-sample stochastic depth factors, drawn once for the frame as DropPath on the whole frame would
+        drop = [self.drop_path(x.new_ones(layout.batch, 1)) for _ in range(2)] if self.training else None
+        outs, attn_outs, hiddens = [], [], []
+        for start, stop, pattern in layout.groups[self.shifted]:
+            mask = consts.attn_masks[pattern].transpose(0, 1)[None]  # (1, heads, L, S): broadcast
+            sample = start // layout.windows_per_sample
+            for first in range(start, stop, WINDOW_CHUNK):
+                win = slice(first, min(first + WINDOW_CHUNK, stop))
+                row = slice(win.start * tokens, win.stop * tokens)
+                attn_out = self.attn(windows[win], windows[win], aligned[win],
+                                     None if key_pad is None else key_pad[win], consts, mask).view(-1, dim)
+                if keep is not None:
+                    attn_out = _select(attn_out, state.attn_out[row], keep[win], None if kept is None else kept[win])
+                y = x[row] + (attn_out if drop is None else attn_out * drop[0][sample])
+                hidden = self.mlp(self.norm2(y))
+                if drop is not None:
+                    hidden = hidden * drop[1][sample]
+                if keep is not None:
+                    hidden = _select(hidden, state.mlp_out[row], keep[win], None if kept is None else kept[win])
+                outs.append(y + hidden)
+                attn_outs.append(attn_out)
+                hiddens.append(hidden)
+        if not with_state:
+            return torch.cat(outs), None, None
+        return torch.cat(outs), torch.cat(attn_outs), torch.cat(hiddens)
+
+    def _forward_kept(self, x: torch.Tensor, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
+                      layout: WindowLayout, state: BlockState, kept: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eval: only kept tokens go through q, attention, projection and MLP (gather/scatter)."""
+        attn_out = self.attn.forward_kept(current, aligned, consts, layout, self.shifted, kept, state.attn_out)
+        x = x + attn_out
+        rows = torch.nonzero(kept.flatten()).squeeze(1)
+        mlp = [self.mlp(self.norm2(chunk)) for chunk in x.index_select(0, rows).split(WINDOW_CHUNK * layout.tokens)]
+        hidden = state.mlp_out.index_copy(0, rows, torch.cat(mlp).to(state.mlp_out.dtype))
+        return x + hidden, attn_out, hidden
 
 
 class _BlockList(nn.Module):

@@ -129,14 +129,14 @@ def reference_image(windows, hp, wp, height, width, shifted):
 
 @pytest.mark.parametrize('shifted', [False, True])
 @pytest.mark.parametrize('size', [(12, 20), (16, 24)])
-def test_attention_matches_independent_reference(shifted, size):
-    """A block's attention (norm1's affine folded into the projections, k/v bias moved out, padding, shifted
-    windows, window rows of WindowLayout) equals the original's construction on a 12x20 frame (padded to
-    16x24) and a 16x24 one; the gather/scatter path equals it on kept tokens of whole, partial and empty
-    windows of every shift-mask pattern."""
+def test_block_matches_independent_reference(shifted, size):
+    """A block (norm1's affine folded into the projections, k/v bias moved out, padding, shifted windows,
+    window rows of WindowLayout, chunks) equals the original's construction followed by the residual MLP, on a
+    12x20 frame (padded to 16x24) and a 16x24 one; the gather/scatter attention equals the reference on kept
+    tokens of whole, partial and empty windows of every shift-mask pattern."""
     torch.manual_seed(1)
     block = InterIntraBlock(12, 2, (3, 8, 8), shifted=shifted, mlp_ratio=2.0, drop_path=0.0,
-                            with_mask_predictor=True)
+                            with_mask_predictor=True).eval()
     torch.nn.init.normal_(block.attn.relative_position_bias_table, std=1.0)
     torch.nn.init.normal_(block.attn.qkv.bias, std=0.5)
     torch.nn.init.normal_(block.attn.proj.bias, std=0.5)
@@ -145,23 +145,25 @@ def test_attention_matches_independent_reference(shifted, size):
     x, neighbors = torch.randn(1, *size, 12), torch.randn(1, 2, *size, 12)
     with torch.no_grad():
         windows, hp, wp = reference_windows(block, x, neighbors, shifted)
-        expected = reference_attention(block.attn, windows[:, 128:], windows, hp, wp, shifted)
-        expected = reference_image(expected, hp, wp, *size, shifted)
+        attention = reference_attention(block.attn, windows[:, 128:], windows, hp, wp, shifted)
+        attention = reference_image(attention, hp, wp, *size, shifted)
+        y = x[0] + attention
+        expected = y + block.mlp(block.norm2(y))
 
         layout = WindowLayout(1, *size, (3, 8, 8), x.device)
         consts = block.constants(layout)
-        pad = layout.pad[shifted]
-        current = normalise(layout.windows(x, shifted)).masked_fill(pad.view(-1, 1), 0.0)
         aligned = layout.aligned_windows(normalise(neighbors), shifted)
-        dense = block.attn(current, aligned, consts, layout, shifted)
+        out, _, _ = block(layout.windows(x, shifted), aligned, consts, layout, None, MaskControl())
         # kept shares per window (layout order: by shift pattern): whole (>= 56 kept), partial and empty
         # windows; padding is never kept
+        pad = layout.pad[shifted]
         share = torch.tensor([0.5, 0.0, 1.0, 0.95, 0.2, 0.9])[:, None]
         keep = (torch.rand(pad.shape) < share) & ~pad
+        current = normalise(layout.windows(x, shifted)).masked_fill(pad.view(-1, 1), 0.0)
         previous = torch.randn_like(current)
         sparse = block.attn.forward_kept(current, aligned, consts, layout, shifted, keep, previous)
-    assert torch.allclose(layout.image(dense, shifted)[0], expected, atol=1e-5)
-    expected_rows = layout.windows(expected[None], shifted)
+    assert torch.allclose(layout.image(out, shifted)[0], expected, atol=1e-5)
+    expected_rows = layout.windows(attention[None], shifted)
     keep = keep.flatten()
     assert torch.allclose(sparse[keep], expected_rows[keep], atol=1e-5)
     assert torch.equal(sparse[~keep], previous[~keep])
