@@ -51,7 +51,7 @@ import vsrkit.utils  # noqa: F401  (basicsr compatibility shim before the basics
 from basicsr.archs.arch_util import flow_warp
 
 SHIFT_MASK_VALUE = -100.0  # the original's additive mask value between regions of a shifted window (not -inf)
-WINDOW_CHUNK = 32  # windows a block computes at a time (temporaries of a few MB at the REDS width)
+WINDOW_CHUNK = 16  # windows a block computes at a time (temporaries of a few MB at the REDS width)
 SPARSE_BELOW = 0.6  # eval: gather/scatter below this share of kept tokens; above, computing all is cheaper
 WHOLE_WINDOW_SLACK = 8  # sparse path: a window missing at most this many kept tokens is computed whole
 
@@ -121,7 +121,8 @@ class WindowLayout:
     ``tokens`` (Wh*Ww) consecutive rows form a window. Within a sample the shifted layout's windows are sorted
     by their shift-mask pattern (Swin's 9 regions, value -100); ``groups[s]`` lists ``(start, stop, pattern)``
     window ranges (never across samples), ``shift_masks[s]`` the (patterns, L, S) additive masks,
-    ``window_pattern[s]`` each window's pattern. ``pad[s]`` marks padding rows (b*nW, L), ``key_pad[s]`` padding keys (b*nW, S) or None.
+    ``window_pattern[s]`` each window's pattern. ``pad[s]`` marks padding rows (b*nW, L), ``key_pad[s]``
+    padding keys (b*nW, S) or None.
     """
 
     def __init__(self, batch: int, height: int, width: int, window_size: Sequence[int],
@@ -270,22 +271,30 @@ class InterIntraWindowAttention(nn.Module):
         """(heads, L, S) additive bias."""
         return self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)
 
-    def forward(self, queries: torch.Tensor, windows: torch.Tensor, aligned: torch.Tensor,
-                key_pad: torch.Tensor | None, consts: BlockConstants, mask: torch.Tensor) -> torch.Tensor:
-        """Projected attention output (n, l, C) of ``queries`` (n, l, C) on the keys/values of n windows.
-
-        queries, windows (n, L, C), aligned (n, S-L, C): normalised current-frame and aligned-frame tokens;
-        key_pad: (n, S) padding keys or None; mask: (1 or n, heads, l, S) additive bias and shift mask.
-        """
+    def keys_values(self, windows: torch.Tensor, aligned: torch.Tensor, key_pad: torch.Tensor | None,
+                    consts: BlockConstants) -> torch.Tensor:
+        """(n, S, 2C) keys and values of n windows: windows (n, L, C) and aligned (n, S-L, C) normalised
+        current-frame and aligned-frame tokens; key_pad: (n, S) padding keys or None."""
         kv = F.linear(torch.cat([aligned, windows], 1), consts.kv_weight)
         if key_pad is not None:
             kv[key_pad] = consts.pad_kv.to(kv.dtype)
+        return kv
+
+    def attend(self, queries: torch.Tensor, kv: torch.Tensor, consts: BlockConstants,
+               mask: torch.Tensor) -> torch.Tensor:
+        """Projected attention output (n, l, C) of normalised ``queries`` (n, l, C) on the keys/values of their
+        windows; mask: (1 or n, heads, l, S) additive bias and shift mask."""
         heads = (self.num_heads, self.dim // self.num_heads)
         q = F.linear(queries, consts.q_weight, consts.q_bias).unflatten(-1, heads).transpose(1, 2)
         k = kv[..., :self.dim].unflatten(-1, heads).transpose(1, 2)
         v = kv[..., self.dim:].unflatten(-1, heads).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
         return F.linear(out.transpose(1, 2).flatten(2), self.proj.weight, consts.proj_bias)
+
+    def forward(self, windows: torch.Tensor, aligned: torch.Tensor, key_pad: torch.Tensor | None,
+                consts: BlockConstants, mask: torch.Tensor) -> torch.Tensor:
+        """Projected attention output (n, L, C) of every current-frame token of n windows."""
+        return self.attend(windows, self.keys_values(windows, aligned, key_pad, consts), consts, mask)
 
     def forward_kept(self, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
                      layout: WindowLayout, shifted: bool, keep: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -310,13 +319,20 @@ class InterIntraWindowAttention(nn.Module):
         partial = torch.nonzero((counts > 0) & ~whole).squeeze(1)
         partial = partial[torch.argsort(counts[partial], descending=True, stable=True)]
         every = torch.arange(tokens, device=keep.device)
+        masks = consts.attn_masks.flatten(0, 1)  # (patterns * L, heads, S): a query's mask row to gather
         rows, values = [], []
 
-        def attend(which: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor) -> None:
+        def attend(which: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
+                   mask: torch.Tensor | None) -> None:
+            """Queries at ``positions`` (n, l) of windows ``which``; mask: broadcast, or None to gather."""
+            kv = self.keys_values(windows.index_select(0, which), aligned.index_select(0, which),
+                                  None if key_pad is None else key_pad.index_select(0, which), consts)
             token_rows = which[:, None] * tokens + positions
             queries = current.index_select(0, token_rows.flatten()).view(*positions.shape, self.dim)
-            att = self(queries, windows.index_select(0, which), aligned.index_select(0, which),
-                       None if key_pad is None else key_pad.index_select(0, which), consts, mask)
+            if mask is None:  # gathered after k/v: gathering first evicted their inputs from cache (measured)
+                mask = masks.index_select(0, (pattern[which, None] * tokens + positions).flatten())
+                mask = mask.view(*positions.shape, *mask.shape[1:]).transpose(1, 2)
+            att = self.attend(queries, kv, consts, mask)
             rows.append(token_rows[valid])
             values.append(att[valid])
 
@@ -330,13 +346,9 @@ class InterIntraWindowAttention(nn.Module):
             start += size
         if partial.numel():
             kept_first = torch.argsort((~keep.index_select(0, partial)).to(torch.int8), dim=1, stable=True)
-            masks = consts.attn_masks.flatten(0, 1)  # (patterns * L, heads, S) rows to gather
             for first, cap in zip(range(0, partial.numel(), WINDOW_CHUNK), counts[partial[::WINDOW_CHUNK]].tolist()):
                 which = partial[first:first + WINDOW_CHUNK]
-                positions = kept_first[first:first + WINDOW_CHUNK, :cap]
-                mask = masks.index_select(0, (pattern[which, None] * tokens + positions).flatten())
-                attend(which, positions, every[:cap] < counts[which, None],
-                       mask.view(*positions.shape, *mask.shape[1:]).transpose(1, 2))
+                attend(which, kept_first[first:first + WINDOW_CHUNK, :cap], every[:cap] < counts[which, None], None)
         if rows:
             out.index_copy_(0, torch.cat(rows), torch.cat(values).to(out.dtype))
         return out
@@ -444,8 +456,8 @@ class InterIntraBlock(nn.Module):
             for first in range(start, stop, WINDOW_CHUNK):
                 win = slice(first, min(first + WINDOW_CHUNK, stop))
                 row = slice(win.start * tokens, win.stop * tokens)
-                attn_out = self.attn(windows[win], windows[win], aligned[win],
-                                     None if key_pad is None else key_pad[win], consts, mask).view(-1, dim)
+                attn_out = self.attn(windows[win], aligned[win], None if key_pad is None else key_pad[win], consts,
+                                     mask).view(-1, dim)
                 if keep is not None:
                     attn_out = _select(attn_out, state.attn_out[row], keep[win], None if kept is None else kept[win])
                 y = x[row] + (attn_out if drop is None else attn_out * drop[0][sample])

@@ -51,7 +51,8 @@ class MIAVSR(RecurrentInterIntraVSR):
         skip: upscaling added to the reconstruction: 'bilinear' (the original; checkpoints expect it) or
             'bicubic' (the last conv then starts at zero, so an untrained net outputs bicubic upscaling).
 
-    Runtime attributes: ``sparse_inference`` (default True: eval computes only kept tokens; False computes all
+    Runtime attributes: ``sparse_inference`` (default True: in eval a block that keeps less than 60% of its
+    tokens computes only those, above that computing all and selecting is cheaper; False always computes all
     tokens and selects, the dense reference), ``forced_keep_ratio`` (None, or a fraction: in eval keep that
     share of each sample's tokens with the highest logits, e.g. to benchmark untrained weights).
 

@@ -200,6 +200,26 @@ def test_mask_decisions_match_the_original_formula():
     assert ratio.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_stochastic_depth_drops_whole_samples():
+    """As in the original (DropPath on image-layout tensors), a block's residual branches are dropped per
+    sample, not per chunk of windows: a sample either keeps all of its tokens unchanged or none."""
+    block = InterIntraBlock(12, 2, (3, 8, 8), shifted=True, mlp_ratio=2.0, drop_path=0.5,
+                            with_mask_predictor=False).train()
+    layout = WindowLayout(2, 64, 64, (3, 8, 8), torch.device('cpu'))
+    x = layout.windows(torch.randn(2, 64, 64, 12), True)
+    aligned = layout.aligned_windows(normalise(torch.randn(2, 2, 64, 64, 12)), True)
+    unchanged = []
+    with torch.no_grad():
+        consts = block.constants(layout)
+        for seed in range(8):
+            torch.manual_seed(seed)
+            out, _, _ = block(x, aligned, consts, layout, None, MaskControl())
+            same = (out == x).all(-1).view(2, -1)
+            assert torch.equal(same.all(1), same.any(1)), seed  # all rows of a sample alike
+            unchanged += same[:, 0].tolist()
+    assert any(unchanged) and not all(unchanged)
+
+
 def test_window_layout_round_trips_and_switches():
     x = torch.randn(2, 12, 20, 5)
     layout = WindowLayout(2, 12, 20, (3, 8, 8), x.device)
