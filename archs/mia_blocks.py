@@ -36,8 +36,9 @@ copies: per-block rolls, pads, partitions, concatenations and gathers; see bench
 """
 from __future__ import annotations
 
-from pathlib import Path
+import itertools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import torch
@@ -129,7 +130,7 @@ class WindowLayout:
                  device: torch.device) -> None:
         frames, wh, ww = window_size
         hp, wp = height + (-height) % wh, width + (-width) % ww
-        self.batch, self.height, self.width = batch, height, width
+        self.batch, self.height, self.width, self.device = batch, height, width, torch.device(device)
         self.tokens = wh * ww
         self.windows_per_sample = (hp // wh) * (wp // ww)
         self.has_padding = (hp, wp) != (height, width)
@@ -545,6 +546,7 @@ class PatchAlignTransformer(nn.Module):
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         self.conv_before_upsample = nn.Conv2d(embed_dim, mid_channels, 3, 1, 1)
         self.apply(_init_weights)
+        self._constants: tuple[WindowLayout, list, list[BlockConstants]] | None = None  # see constants()
         for unused in (self.conv_first, self.conv_first_feat, self.conv_before_upsample):
             unused.requires_grad_(False)
 
@@ -553,8 +555,23 @@ class PatchAlignTransformer(nn.Module):
         return sum(len(layer.residual_group.blocks) for layer in self.layers)
 
     def constants(self, layout: WindowLayout) -> list[BlockConstants]:
-        """Every block's :class:`BlockConstants` for one forward call of the branch."""
-        return [block.constants(layout) for layer in self.layers for block in layer.residual_group.blocks]
+        """Every block's :class:`BlockConstants` for a forward call of the branch.
+
+        In training or with autograd on they are derived afresh (differentiable). In eval without autograd
+        they are kept for the next call with the same layout while no parameter or buffer changes: a tensor
+        replaced (``to``, ``load_state_dict(assign=True)``) has another address, one updated in place
+        (``load_state_dict``, an optimiser step) another version.
+        """
+        def derive() -> list[BlockConstants]:
+            with torch.autocast(layout.device.type, enabled=False):  # folded weights keep the parameters' dtype
+                return [block.constants(layout) for layer in self.layers for block in layer.residual_group.blocks]
+
+        if self.training or torch.is_grad_enabled():
+            return derive()
+        versions = [(t.data_ptr(), t._version) for t in itertools.chain(self.parameters(), self.buffers())]
+        if self._constants is None or self._constants[0] is not layout or self._constants[1] != versions:
+            self._constants = (layout, versions, derive())
+        return self._constants[2]
 
     def forward(self, frames: torch.Tensor, states: list[BlockState] | None, control: MaskControl,
                 layout: WindowLayout, constants: list[BlockConstants], use_checkpoint: bool
@@ -660,6 +677,15 @@ class RecurrentInterIntraVSR(nn.Module):
             nn.init.zeros_(self.conv_last.bias)
         self.in_channels = in_channels
         self.has_mask_predictor = with_mask_predictor
+        self._layout: WindowLayout | None = None  # the last forward call's, reused for the same shape
+
+    def window_layout(self, batch: int, height: int, width: int, device: torch.device) -> WindowLayout:
+        """The :class:`WindowLayout` of (batch, height, width) frames, kept from the previous call if equal."""
+        layout = self._layout
+        if layout is None or (layout.batch, layout.height, layout.width, layout.device) != (batch, height, width,
+                                                                                            device):
+            self._layout = layout = WindowLayout(batch, height, width, self.window_size, device)
+        return layout
 
     def mask_control(self) -> MaskControl:
         if self.forced_keep_ratio is not None and not 0.0 <= self.forced_keep_ratio <= 1.0:
@@ -733,7 +759,7 @@ class RecurrentInterIntraVSR(nn.Module):
             flows_backward, flows_forward = self.compute_flows(padded)
         else:
             flows_backward = flows_forward = padded.new_zeros(n, 0, 2, hp, wp)
-        layout = WindowLayout(n, hp, wp, self.window_size, padded.device)
+        layout = self.window_layout(n, hp, wp, padded.device)
         features, all_ratios = list(spatial), []
         for branch in BRANCHES:
             flows = flows_backward if branch.startswith('backward') else flows_forward

