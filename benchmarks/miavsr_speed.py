@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import vsrkit.archs  # noqa: F401
+from vsrkit.archs.mia_blocks import MIN_FLOW_SIZE
 from vsrkit.archs.miavsr_arch import MIAVSR
 
 
@@ -64,7 +65,7 @@ def _sync(device: torch.device) -> None:
 def frame_flops(model: MIAVSR, lqs: torch.Tensor) -> tuple[float, float]:
     """Useful FLOPs of one steady-state frame (multiply-add = 2): (fixed, maskable); at keep ratio k a frame
     costs fixed + k * maskable (queries, attention, projection and MLP of kept tokens)."""
-    _, _, _, h, w = lqs.shape
+    h, w = (max(size, MIN_FLOW_SIZE) for size in lqs.shape[-2:])  # smaller frames are padded for SpyNet
     wt, wh, ww = model.window_size
     tokens = h * w
     padded = -(-h // wh) * wh * -(-w // ww) * ww
@@ -79,9 +80,11 @@ def frame_flops(model: MIAVSR, lqs: torch.Tensor) -> tuple[float, float]:
     branches = len(model.patch_align)
     reconstruction = 2 * 9 * tokens * (3 * c + c * mid + mid * 4 * mid + 4 * mid * 4 * mid + 16 * mid * mid
                                        + 16 * mid * 3)
+    pair = lqs.new_zeros(1, 2, lqs.shape[2], h, w)
+    pair[:, 1] = 1  # not a mirrored clip: flows in both directions
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.spynet(lqs[:, 0], lqs[:, 1])
-    return branches * fixed + reconstruction + 2 * counter.get_total_flops(), branches * maskable
+        model.compute_flows(pair)
+    return branches * fixed + reconstruction + counter.get_total_flops(), branches * maskable
 
 
 def clip_seconds(model: MIAVSR, lqs: torch.Tensor, reps: int,
@@ -137,31 +140,34 @@ def main() -> None:
               f'{"clip avg":>8} {"x off":>6} {"GFLOP/f":>8} {"GFLOP/s":>8} {"of GEMM":>7}')
     for device in devices:
         model.to(device)
-        peak = gemm_flops_per_s(device, torch.float32)
-        print(f'\n{device.type}: fp32 GEMM 2048^3 reaches {peak / 1e9:.1f} GFLOP/s')
+        bf16 = device.type == 'cuda' or args.bf16
+        peaks = {dtype: gemm_flops_per_s(device, dtype) for dtype in (torch.float32, torch.bfloat16)[:1 + bf16]}
+        print(f'\n{device.type}: ' + ', '.join(f'{str(dtype)[6:]} GEMM 2048^3 reaches {peak / 1e9:.1f} GFLOP/s'
+                                               for dtype, peak in peaks.items()))
         print(header)
         for h, w, frames in sizes:
             lqs = real_clip(frames, h, w).to(device)
-            single, _ = clip_seconds(configured(model, False, None), lqs[:, :1], args.reps)
             modes = [('mask disabled', False, None, None), ('mask (own decisions)', True, None, None)]
             modes += [(f'mask forced keep {k}', True, k, None) for k in keeps]
-            if device.type == 'cuda' or args.bf16:
+            if bf16:
                 modes += [('bf16, mask disabled', False, None, torch.bfloat16)]
                 modes += [(f'bf16, forced keep {k}', True, k, torch.bfloat16) for k in keeps]
             fixed, maskable = frame_flops(model, lqs)
+            single = {dtype: clip_seconds(configured(model, False, None), lqs[:, :1], args.reps, dtype)[0]
+                      for dtype in {dtype for *_, dtype in modes}}  # T(1), per dtype
             off = None
             for name, use_mask, forced, dtype in modes:
                 seconds, ratio = clip_seconds(configured(model, use_mask, forced), lqs, args.reps, dtype)
-                steady = (seconds - single) / (frames - 1)
+                steady = (seconds - single[dtype]) / (frames - 1)
                 keep = 1.0 if ratio is None else ratio
                 off = off or (steady, seconds)
                 flops = fixed + keep * maskable
                 print(f'{device.type:6} {h}x{w:<5} {frames:2} {name:20} {keep:5.2f} {steady:8.3f} '
                       f'{off[0] / steady:6.2f} {seconds / frames:8.3f} {off[1] / seconds:6.2f} {flops / 1e9:8.1f} '
-                      f'{flops / steady / 1e9:8.1f} {flops / steady / peak:7.1%}')
+                      f'{flops / steady / 1e9:8.1f} {flops / steady / peaks[dtype or torch.float32]:7.1%}')
     print('\ns/frame: steady-state time of one more frame, (T(t) - T(1)) / (t - 1); clip avg: T(t) / t. x off: '
           'time of the mask-disabled fp32 row / this row (same run). GFLOP/f: useful FLOPs of a steady-state '
-          'frame at that keep ratio; of GEMM: GFLOP/s / the fp32 GEMM rate above.')
+          'frame at that keep ratio; of GEMM: GFLOP/s / the GEMM rate above of the row\'s dtype.')
 
 
 if __name__ == '__main__':
