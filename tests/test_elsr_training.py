@@ -2,6 +2,7 @@
 (the original parses --weights and never loads them; here stage N+1 starts from stage N's final weights)."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,13 @@ def options_file(name: str) -> Path:
 
 
 def train(name: str, folder: Path, *extra: str) -> Path:
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     code = train_main(['-opt', str(options_file(name)), '--force_yml', 'train:total_iter=2',
                        f'path:experiments_root={folder}', 'logger:use_tb_logger=false', 'logger:print_freq=1',
                        'datasets:train:batch_size_per_gpu=4', 'val:metrics={}', *extra], root=ROOT)
     assert code == 0
+    # in-process training hands the signal handlers back (left installed, forked workers ignored SIGTERM: CI hung)
+    assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
     return folder / 'models' / 'net_g_latest.pth'
 
 

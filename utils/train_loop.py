@@ -90,8 +90,17 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        for signum in EXIT_CODES:
-            signal.signal(signum, self._handle)
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> 'StopRequest':
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in EXIT_CODES}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # the handlers are process-wide: left installed, they would outlive training in the caller's process and
+        # in every process it forks later (a multiprocessing worker would then ignore Pool.terminate's SIGTERM)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
@@ -250,42 +259,42 @@ class Trainer:
         print_freq = int(self.logger_opt.get('print_freq', 100))
         save_freq = int(self.logger_opt.get('save_checkpoint_freq', 5000))
         val_freq = int((opt.get('val') or {}).get('val_freq', 0) or 0) if self.val_sets else 0
-        stop = StopRequest()
-        progress = Progress(start_iter, total_iter)
-        logger.info(f'Training {opt["network_g"]["type"]} on {self.info.device} x{self.info.world_size}: '
-                    f'iterations {start_iter + 1}..{total_iter}, {accumulate} micro-batch(es) per iteration')
-        epoch = consumed // self.batches_per_epoch
-        current_iter = start_iter
-        if self.val_sets and start_iter == 0 and (opt.get('val') or {}).get('validate_at_start'):
-            self.validate(model, 0)  # the starting point, e.g. a pretrained net or an arch that starts at bicubic
-        progress.resume()
-        saved_at = None
-        while current_iter < total_iter:
-            current_iter += 1
-            for _ in range(accumulate):
-                epoch, batch = next(batches)
-                model.feed_data(batch)
-                model.optimize_parameters(current_iter)
-            model.update_learning_rate(current_iter)
-            if current_iter % print_freq == 0 or current_iter == total_iter:
-                self.log_iteration(model, current_iter, epoch, progress)
-            progress.pause()
-            if current_iter % save_freq == 0:
-                model.save(epoch, current_iter)
-                saved_at = current_iter
-            if val_freq and current_iter % val_freq == 0 and current_iter < total_iter:
-                self.validate(model, current_iter)
-            if any_rank(stop.signum is not None, self.info.device):
-                if saved_at != current_iter:
-                    model.save(epoch, current_iter)
-                logger.warning(f'Stopped at iteration {current_iter}; resume with --auto_resume')
-                return EXIT_CODES.get(stop.signum, 130)
+        with StopRequest() as stop:
+            progress = Progress(start_iter, total_iter)
+            logger.info(f'Training {opt["network_g"]["type"]} on {self.info.device} x{self.info.world_size}: '
+                        f'iterations {start_iter + 1}..{total_iter}, {accumulate} micro-batch(es) per iteration')
+            epoch = consumed // self.batches_per_epoch
+            current_iter = start_iter
+            if self.val_sets and start_iter == 0 and (opt.get('val') or {}).get('validate_at_start'):
+                self.validate(model, 0)  # the starting point, e.g. a pretrained net or an arch that starts at bicubic
             progress.resume()
-        if saved_at != current_iter:
-            model.save(epoch, current_iter)
-        results = self.validate(model, current_iter) if self.val_sets else {}
-        self.summarise(results, progress, current_iter)
-        return 0
+            saved_at = None
+            while current_iter < total_iter:
+                current_iter += 1
+                for _ in range(accumulate):
+                    epoch, batch = next(batches)
+                    model.feed_data(batch)
+                    model.optimize_parameters(current_iter)
+                model.update_learning_rate(current_iter)
+                if current_iter % print_freq == 0 or current_iter == total_iter:
+                    self.log_iteration(model, current_iter, epoch, progress)
+                progress.pause()
+                if current_iter % save_freq == 0:
+                    model.save(epoch, current_iter)
+                    saved_at = current_iter
+                if val_freq and current_iter % val_freq == 0 and current_iter < total_iter:
+                    self.validate(model, current_iter)
+                if any_rank(stop.signum is not None, self.info.device):
+                    if saved_at != current_iter:
+                        model.save(epoch, current_iter)
+                    logger.warning(f'Stopped at iteration {current_iter}; resume with --auto_resume')
+                    return EXIT_CODES.get(stop.signum, 130)
+                progress.resume()
+            if saved_at != current_iter:
+                model.save(epoch, current_iter)
+            results = self.validate(model, current_iter) if self.val_sets else {}
+            self.summarise(results, progress, current_iter)
+            return 0
 
     def summarise(self, results: dict, progress: Progress, current_iter: int) -> None:
         if not self.info.is_main:
