@@ -1,6 +1,6 @@
 """Clips per second: vsrkit's REDSClipDataset vs basicsr's REDSRecurrentDataset, same data, same options.
 
-    python benchmarks/loader_throughput.py [--work DIR] [--clips 48] [--frame-size 360 640] [--num-frame 16]
+    python benchmarks/loader_throughput.py [--work DIR] [--clips 96] [--frame-size 360 640] [--num-frame 16]
 
 The data are REDS-shaped and usable by both: BasicSR's REDS datasets assume 100 frames per clip, so each of
 four clips (001-004, outside REDS4) is 100 frames played back and forth from one clip of the sample video set
@@ -99,7 +99,7 @@ def run_one(config: dict) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--work', type=Path, default=Path('/tmp/vsrkit_loader_bench'))
-    parser.add_argument('--clips', type=int, default=48, help='clips timed per configuration')
+    parser.add_argument('--clips', type=int, default=96, help='clips timed per configuration')
     parser.add_argument('--frame-size', type=int, nargs=2, default=(360, 640), metavar=('H', 'W'))
     parser.add_argument('--num-frame', type=int, default=16)
     parser.add_argument('--gt-size', type=int, default=256)

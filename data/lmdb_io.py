@@ -187,9 +187,11 @@ class LmdbImageReader:
         """``key`` decoded like ``cv2.imdecode`` / basicsr's ``imfrombytes`` (uint8 HWC BGR for 'color')."""
         return self.get_images([key], flag)[0]
 
-    def get_images(self, keys: Iterable[str], flag: str = 'color', threads: int | None = None) -> list[np.ndarray]:
+    def get_images(self, keys: Iterable[str], flag: str = 'color', threads: int | None = None,
+                   rows: int | None = None) -> list[np.ndarray]:
         """Several images decoded inside one read transaction, without copying the stored bytes, on
-        ``threads`` threads (default: :func:`vsrkit.data.image_decode.decode_threads`)."""
+        ``threads`` threads (default: :func:`vsrkit.data.image_decode.decode_threads`); ``rows``: only the top
+        rows are needed (see :func:`vsrkit.data.image_decode.decode_image`)."""
         with self.env.begin(buffers=True) as txn:
             values = []
             for key in keys:
@@ -198,7 +200,8 @@ class LmdbImageReader:
                     raise self._missing(key)
                 values.append((key, value))
             # the buffers point into the memory map and stay valid while the transaction is open
-            return parallel_map(lambda kv: decode_image(kv[1], flag, source=f'{kv[0]!r} in the lmdb {self.path}'),
+            return parallel_map(lambda kv: decode_image(kv[1], flag, source=f'{kv[0]!r} in the lmdb {self.path}',
+                                                        rows=rows),
                                 values, threads)
 
 

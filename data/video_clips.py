@@ -19,7 +19,7 @@ from typing import Iterable, NamedTuple
 import numpy as np
 import torch
 
-from vsrkit.data.image_decode import decode_image, parallel_map
+from vsrkit.data.image_decode import decode_image, parallel_map, png_size
 from vsrkit.data.lmdb_io import LmdbImageReader, read_meta_info
 
 __all__ = ['ClipMeta', 'Clip', 'read_clip_meta_info', 'FrameStore', 'make_frame_store', 'frames_to_tensor',
@@ -102,27 +102,30 @@ class FrameStore:
         """Where ``key`` lives: the lmdb key itself or the file path."""
         return key if self.backend == 'lmdb' else str(self.root / f'{key}.{self.ext}')
 
-    def read(self, keys: Iterable[str]) -> list[np.ndarray]:
+    def read(self, keys: Iterable[str], rows: int | None = None) -> list[np.ndarray]:
         """uint8 HWC BGR frames, decoded on ``threads`` threads (None: see
-        :func:`vsrkit.data.image_decode.decode_threads`)."""
+        :func:`vsrkit.data.image_decode.decode_threads`); ``rows``: only the top rows are needed (a crop's
+        bottom), and PNGs decode only those."""
         if self.backend == 'lmdb':
-            return self._reader.get_images(keys, threads=self.threads)
-        return parallel_map(self._read_file, list(keys), self.threads)
+            return self._reader.get_images(keys, threads=self.threads, rows=rows)
+        return parallel_map(lambda key: decode_image(self._read_file(key), source=self.path(key), rows=rows),
+                            list(keys), self.threads)
 
-    def _read_file(self, key: str) -> np.ndarray:
+    def _read_file(self, key: str, size: int = -1) -> bytes:
         path = self.path(key)
         try:
             with open(path, 'rb') as file:
-                buffer = file.read()
+                return file.read(size)
         except FileNotFoundError:
             raise FileNotFoundError(f'Cannot read frame {path} (key {key!r}): no such file.') from None
-        return decode_image(buffer, source=path)
 
     def shape(self, key: str) -> tuple[int, int, int]:
+        """(H, W, C) of a frame: from meta_info (lmdb); on disk, as :meth:`read` decodes it (3 channels), sized
+        from a PNG's header or else by decoding."""
         if self.backend == 'lmdb':
             return self._shapes[key]
-        img = self.read([key])[0]
-        return img.shape
+        size = png_size(self._read_file(key, 24))
+        return (*size, 3) if size is not None else self.read([key])[0].shape
 
     def list_clips(self, names: Iterable[str] | None = None) -> dict[str, list[str]]:
         """Frame keys per clip, naturally sorted: from the lmdb's meta_info.txt or a scan of the folders.

@@ -25,8 +25,9 @@ Differences from BasicSR, deliberately: clip lengths come from meta_info (BasicS
 frames per clip), everything is checked when the dataset is built (missing keys, meta_info vs lmdb, clips too
 short, LR/GT sizes vs scale), lmdbs are opened lazily once per process (BasicSR's LmdbBackend breaks in forked
 workers with py-lmdb >= 2), ``random_reverse`` does not mutate shared state (BasicSR's Vimeo datasets reverse
-``self.neighbor_list`` in place), frames are cropped as uint8 before the float conversion, and a sample's frames
-are decoded concurrently with libspng (:mod:`vsrkit.data.image_decode`).
+``self.neighbor_list`` in place), the crop window is drawn before decoding so PNG frames decode only down to its
+bottom row, frames are cropped as uint8 before the float conversion, and a sample's frames are decoded
+concurrently with libspng (:mod:`vsrkit.data.image_decode`).
 
 Items: ``{'lq': (T, C, H/scale, W/scale), 'gt': ..., 'key': str}``, float RGB in [0, 1]; ``gt`` is the centre
 frame (C, H, W) for window datasets (what BasicSR's EDVR-style models expect) and (T, C, H, W) for clip datasets.
@@ -38,7 +39,7 @@ import random
 import torch
 from torch.utils import data
 
-from basicsr.data.transforms import augment, paired_random_crop
+from basicsr.data.transforms import augment
 
 from vsrkit.data.video_clips import Clip, check_scale, frames_to_tensor, make_frame_store, read_clip_meta_info
 from vsrkit.utils.registry import DATASET_REGISTRY, register
@@ -93,6 +94,13 @@ class VideoTrainDataset(data.Dataset):
             self.gt_store.check_keys(clip.keys)
             self.lq_store.check_keys(clip.keys)
         check_scale(self.gt_store, self.lq_store, self.clips, self.scale)
+        self.lq_sizes = [self.lq_store.shape(clip.keys[0])[:2] for clip in self.clips]
+        if self.gt_size is not None:
+            patch = self.gt_size // self.scale
+            for clip, (h, w) in zip(self.clips, self.lq_sizes):
+                if min(h, w) < patch:
+                    raise ValueError(f'{owner}: gt_size {self.gt_size} needs LQ frames of at least {patch}x{patch} '
+                                     f'(scale {self.scale}), but clip {clip.name!r} in {self.lq_store.root} is {h}x{w}.')
         self.samples = [(c, f) for c, clip in enumerate(self.clips)
                         for f in (range(len(clip.keys)) if self.sample_every_frame else [self._middle(len(clip.keys))])]
 
@@ -154,10 +162,10 @@ class VideoTrainDataset(data.Dataset):
             indices.reverse()
         keys = [clip.keys[i] for i in indices]
         gt_keys = keys if self.clip_mode else [clip.keys[indices[self.num_frame // 2]]]
-        lqs, gts = self.lq_store.read(keys), self.gt_store.read(gt_keys)
-        if self.gt_size is not None:
-            gts, lqs = paired_random_crop(gts, lqs, self.gt_size, self.scale, self.gt_store.path(gt_keys[0]))
-            gts, lqs = ([gts] if not isinstance(gts, list) else gts), ([lqs] if not isinstance(lqs, list) else lqs)
+        if self.gt_size is None:
+            lqs, gts = self.lq_store.read(keys), self.gt_store.read(gt_keys)
+        else:
+            lqs, gts = self._read_crops(clip_index, keys, gt_keys)
         frames = augment(lqs + gts, self.use_hflip, self.use_rot)
         frames = frames if isinstance(frames, list) else [frames]
         lq, gt = frames_to_tensor(frames[:len(lqs)]), frames_to_tensor(frames[len(lqs):])
@@ -165,6 +173,24 @@ class VideoTrainDataset(data.Dataset):
             lq, gt = torch.cat([lq, lq.flip(0)]), torch.cat([gt, gt.flip(0)])
         key = clip.keys[anchor] if self.sample_every_frame else clip.name
         return {'lq': lq, 'gt': gt if self.clip_mode else gt[0], 'key': key}
+
+
+    def _read_crops(self, clip_index: int, keys: list[str], gt_keys: list[str]) -> tuple[list, list]:
+        """A random LQ window and the GT window ``scale`` x larger, drawn as basicsr's ``paired_random_crop`` draws
+        them (same ``random`` calls), but before decoding: only the rows down to the window's bottom are decoded."""
+        h, w = self.lq_sizes[clip_index]
+        size = self.gt_size // self.scale
+        top, left = random.randint(0, h - size), random.randint(0, w - size)
+        crops = []
+        for store, frame_keys, s in [(self.lq_store, keys, 1), (self.gt_store, gt_keys, self.scale)]:
+            frames = store.read(frame_keys, rows=(top + size) * s)
+            for key, frame in zip(frame_keys, frames):
+                if frame.shape[0] < (top + size) * s or frame.shape[1] != w * s:
+                    raise ValueError(f'Frame {store.path(key)} in {store.root} differs in size from its clip\'s first '
+                                     f'frame ({h * s}x{w * s}): {frame.shape[1]} columns, {frame.shape[0]} of the '
+                                     f'{(top + size) * s} rows the crop needs.')
+            crops.append([f[top * s:(top + size) * s, left * s:(left + size) * s] for f in frames])
+        return crops[0], crops[1]
 
 
 class _REDS(VideoTrainDataset):

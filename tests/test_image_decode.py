@@ -1,5 +1,6 @@
 """vsrkit.data.image_decode: libspng fast path equals OpenCV, fallbacks keep cv2's conventions, threads."""
 import os
+import time
 
 import cv2
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import skimage.data
 import torch.utils.data
 
-from vsrkit.data.image_decode import _is_rgb8_png, decode_image, decode_threads, parallel_map
+from vsrkit.data.image_decode import _is_rgb8_png, decode_image, decode_threads, parallel_map, png_size
 
 
 def png(img: np.ndarray, level: int = 1) -> bytes:
@@ -54,6 +55,30 @@ def test_grayscale_and_unchanged_flags(photo_bgr):
     np.testing.assert_array_equal(decode_image(data, 'unchanged'), photo_bgr)
     with pytest.raises(ValueError, match="flag must be one of"):
         decode_image(data, 'colour')
+
+
+@pytest.mark.parametrize('rows', [1, 100, 511, 512, 600])
+def test_rows_decodes_the_top_rows_only(photo_bgr, rows):
+    data = png(photo_bgr)
+    assert png_size(data) == (512, 512) and png_size(b'GIF89a' + data[6:]) is None
+    np.testing.assert_array_equal(decode_image(data, rows=rows), photo_bgr[:rows])
+    grey = png(cv2.cvtColor(photo_bgr, cv2.COLOR_BGR2GRAY))  # not the fast path: decoded whole, then sliced
+    np.testing.assert_array_equal(decode_image(grey, rows=rows), decode_image(grey)[:rows])
+    with pytest.raises(ValueError, match=r"rows must be a positive number of rows to decode, got 0 \(image 'k'"):
+        decode_image(data, rows=0, source="'k'")
+
+
+def test_rows_takes_time_in_proportion(photo_bgr):
+    """The point of ``rows``: a crop near the top decodes a fraction of the frame (best of 5, generous bound)."""
+    data = png(np.tile(photo_bgr, (4, 2, 1)))  # 2048 x 1024
+    def best(**kw):
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            decode_image(data, **kw)
+            times.append(time.perf_counter() - start)
+        return min(times)
+    assert best(rows=256) < 0.4 * best()
 
 
 @pytest.mark.parametrize('cut', [40, 5000])

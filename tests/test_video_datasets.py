@@ -5,6 +5,7 @@ import random
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -246,7 +247,23 @@ def test_bad_input_errors_at_construction(sample, tmp_path):
         shutil.copytree(sample / 'REDS' / 'train_sharp_bicubic' / 'X4', broken)
         (broken / '003' / '00000005.png').unlink()
         make('REDSWindowDataset', reds_opt(sample, 'disk', dataroot_lq=str(broken)))
+    with pytest.raises(ValueError, match=r"gt_size 256 needs LQ frames of at least 64x64 \(scale 4\), but clip '001' "
+                                         r".* is 32x48"):
+        make('REDSClipDataset', reds_opt(sample, 'disk', gt_size=256))
     with pytest.raises(KeyError, match=r"Clip\(s\) \['999'\] have no keys in the lmdb"):
         (tmp_path / 'm999.txt').write_text('999 20\n')
         make('VideoClipTestDataset', dict(reds_opt(sample, 'lmdb'), name='x',
                                           meta_info_file=str(tmp_path / 'm999.txt')))
+
+
+def test_a_frame_of_another_size_inside_a_clip_is_named(sample, tmp_path):
+    """On disk only each clip's first frame is sized at construction; the crop then checks every frame it reads."""
+    lq = tmp_path / 'lq'
+    shutil.copytree(sample / 'REDS' / 'train_sharp_bicubic' / 'X4', lq)
+    odd = lq / '001' / '00000003.png'
+    cv2.imwrite(str(odd), cv2.imread(str(odd))[:, :40])
+    dataset = make('REDSClipDataset', reds_opt(sample, 'disk', dataroot_lq=str(lq), interval_list=[1],
+                                               random_reverse=False))
+    first = next(i for i, (clip, start) in enumerate(dataset.samples) if dataset.clips[clip].name == '001' and start == 1)
+    with pytest.raises(ValueError, match=rf"Frame {odd} .* differs in size from its clip's first frame \(32x48\): 40 columns"):
+        item(dataset, first, 0)
