@@ -82,7 +82,9 @@ def lmdb_env(path: PathLike) -> lmdb.Environment:
     if not (Path(resolved) / 'data.mdb').is_file():
         raise FileNotFoundError(f'No lmdb at {path}: {Path(resolved) / "data.mdb"} does not exist.')
     try:
-        env = lmdb.open(resolved, readonly=True, lock=False, readahead=False, meminit=False)
+        # readahead on (BasicSR turns it off): a frame is one contiguous run of overflow pages, and from a cold page
+        # cache page-by-page faults cost ~13 ms more per 720x1280 frame (measured; no difference once cached)
+        env = lmdb.open(resolved, readonly=True, lock=False, readahead=True, meminit=False)
     except lmdb.Error as err:
         raise RuntimeError(f'Cannot open lmdb {resolved}: {err} (py-lmdb >= 2 allows one open per process: '
                            'read it through vsrkit.data.lmdb_io.lmdb_env, or close the other handle first).') from err
