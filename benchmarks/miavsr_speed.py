@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import vsrkit.archs  # noqa: F401
-from vsrkit.archs.mia_blocks import MIN_FLOW_SIZE
+from vsrkit.archs import mia_blocks
+from vsrkit.archs.mia_blocks import MIN_FLOW_SIZE, MaskControl
 from vsrkit.archs.miavsr_arch import MIAVSR
 
 
@@ -137,6 +138,49 @@ def clip_seconds(model: MIAVSR, lqs: torch.Tensor, reps: int,
     return best
 
 
+def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
+               autocast_dtype: torch.dtype | None = None) -> list[tuple[str, float, float, float]]:
+    """One shifted block of the network at the clip's LR size, on real tokens (the first frame's embedding
+    and its two predecessors as aligned frames, the state from the previous frame): (mode, keep ratio,
+    seconds, useful FLOPs) for the mask disabled and each forced keep ratio, timed alternately, best of reps."""
+    device = lqs.device
+    group = model.patch_align['forward_2'].layers[0].residual_group
+    block = group.blocks[1]
+    h, w = lqs.shape[-2:]
+    layout = model.window_layout(1, h, w, device)
+    c, wt = model.embed_dim, model.window_size[0]
+    # the frames' RGB repeated over the channels: where the clip changes, the tokens change (which the forced
+    # keep ratio ranks); block times do not depend on the values otherwise
+    images = [lqs[:, i].repeat(1, -(-c // 3), 1, 1)[:, :c].permute(0, 2, 3, 1).contiguous()
+              for i in range(lqs.shape[1])]
+    tokens = [layout.windows(image, True) for image in images]
+    aligned = layout.aligned_windows(mia_blocks.normalise(torch.stack(images[:2], 1)), True)
+    autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    with torch.no_grad(), autocast:
+        consts = block.constants(layout)
+        _, state, _ = block(tokens[0], aligned, consts, layout, None, MaskControl())
+        modes = [('block, mask disabled', MaskControl(use_mask=False), 1.0)]
+        modes += [(f'block, keep {k}', MaskControl(forced_keep_ratio=k), k) for k in keeps]
+        best = [float('inf')] * len(modes)
+        for _ in range(reps):
+            for i, (_, control, _) in enumerate(modes):
+                _sync(device)
+                start = time.perf_counter()
+                block(tokens[1], aligned, consts, layout, state, control)
+                _sync(device)
+                best[i] = min(best[i], time.perf_counter() - start)
+        # keys/values are computed for the windows holding a kept token: the block's own decision, redone here
+        change = (mia_blocks.normalise(tokens[1]) - state.tokens).abs()
+        logits = F.linear(change, consts.mask_weight, consts.mask_bias).view(-1, layout.tokens)
+        active = [1.0] + [mia_blocks.keep_decision(logits, 1, False, control).any(1).float().mean().item()
+                          for _, control, _ in modes[1:]]
+    n, keys = h * w, wt * layout.tokens
+    fixed = 2 * n * wt * c * 2 * c
+    maskable = n * (2 * (2 * c * c + 2 * c * block.mlp.fc1.out_features) + 2 * 2 * keys * c)
+    return [(name, keep, seconds, windows * fixed + keep * maskable)
+            for (name, _, keep), seconds, windows in zip(modes, best, active)]
+
+
 def configured(model: MIAVSR, use_mask: bool, forced: float | None) -> MIAVSR:
     model.use_mask, model.forced_keep_ratio = use_mask, forced
     return model
@@ -184,6 +228,13 @@ def main() -> None:
             if bf16:
                 modes += [('bf16, mask disabled', False, None, torch.bfloat16)]
                 modes += [(f'bf16, forced keep {k}', True, k, torch.bfloat16) for k in keeps]
+            for dtype in {dtype for *_, dtype in modes}:
+                rows = block_rows(model, lqs, [1.0, *keeps, 0.0], max(args.reps, 5), dtype)
+                for name, keep, seconds, flops in rows:
+                    label = name if dtype is None else name.replace('block,', 'bf16 block,')
+                    print(f'{device.type:6} {h}x{w:<5} {1:2} {label:20} {keep:5.2f} {seconds:8.4f} '
+                          f'{rows[0][2] / seconds:6.2f} {"":8} {"":6} {flops / 1e9:8.2f} '
+                          f'{flops / seconds / 1e9:8.1f} {flops / seconds / peaks[dtype or torch.float32]:7.1%}')
             fixed, maskable = frame_flops(model, lqs)
             off = None
             for name, use_mask, forced, dtype in modes:
@@ -196,7 +247,10 @@ def main() -> None:
                       f'{flops / steady / 1e9:8.1f} {flops / steady / peaks[dtype or torch.float32]:7.1%}')
     print('\ns/frame: steady-state time of one more frame of a long clip; clip avg: T(t) / t. x off: '
           'time of the mask-disabled fp32 row / this row (same run). GFLOP/f: useful FLOPs of a steady-state '
-          'frame at that keep ratio; of GEMM: GFLOP/s / the GEMM rate above of the row\'s dtype.')
+          'frame at that keep ratio; of GEMM: GFLOP/s / the GEMM rate above of the row\'s dtype.\n'
+          'block rows: one shifted attention block (of 96) at that size, its seconds per call, x off against the '
+          'block with the mask disabled (same dtype), GFLOP of that call (keys/values for all windows with a kept '
+          'token; queries, attention, projection and MLP for kept tokens).')
 
 
 if __name__ == '__main__':

@@ -69,16 +69,19 @@ def test_rows_decodes_the_top_rows_only(photo_bgr, rows):
 
 
 def test_rows_takes_time_in_proportion(photo_bgr):
-    """The point of ``rows``: a crop near the top decodes a fraction of the frame (best of 5, generous bound)."""
+    """The point of ``rows``: a crop near the top skips most of the unfiltering (measured ~0.3 of the full time
+    for 1/8 of the rows: the inflate is always whole). Best of 9 against a bound that ignoring ``rows`` (1.0)
+    cannot meet even on a busy machine."""
     data = png(np.tile(photo_bgr, (4, 2, 1)))  # 2048 x 1024
+
     def best(**kw):
         times = []
-        for _ in range(5):
+        for _ in range(9):
             start = time.perf_counter()
             decode_image(data, **kw)
             times.append(time.perf_counter() - start)
         return min(times)
-    assert best(rows=256) < 0.4 * best()
+    assert best(rows=256) < 0.7 * best()
 
 
 @pytest.mark.parametrize('cut', [40, 5000])
