@@ -51,8 +51,9 @@ class MIAVSR(RecurrentInterIntraVSR):
         skip: upscaling added to the reconstruction: 'bilinear' (the original; checkpoints expect it) or
             'bicubic' (the last conv then starts at zero, so an untrained net outputs bicubic upscaling).
 
-    Runtime attributes: ``sparse_inference`` (default True: in eval a block that keeps less than 60% of its
-    tokens computes only those, above that computing all and selecting is cheaper; False always computes all
+    Runtime attributes: ``sparse_inference`` (default True: in eval a block that keeps less than
+    ``mia_blocks.SPARSE_BELOW`` (95%) of its tokens computes only those, above that computing all and selecting
+    is cheaper; False always computes all
     tokens and selects, the dense reference), ``forced_keep_ratio`` (None, or a fraction: in eval keep that
     share of each sample's tokens with the highest logits, e.g. to benchmark untrained weights).
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import struct
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
@@ -75,7 +74,7 @@ def _stored_png(ihdr: bytes, scanlines: memoryview) -> bytes:
     blocks.append(struct.pack('>I', imagecodecs.zlibng_adler32(scanlines)))
     idat = b'IDAT' + b''.join(blocks)
     head = b'IHDR' + ihdr
-    return b''.join((_PNG_SIGNATURE, struct.pack('>I', 13), head, struct.pack('>I', zlib.crc32(head)),
+    return b''.join((_PNG_SIGNATURE, struct.pack('>I', 13), head, struct.pack('>I', imagecodecs.zlibng_crc32(head)),
                      struct.pack('>I', len(idat) - 4), idat, struct.pack('>I', imagecodecs.zlibng_crc32(idat)),
                      _IEND))
 

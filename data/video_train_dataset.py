@@ -27,7 +27,7 @@ short, LR/GT sizes vs scale), lmdbs are opened lazily once per process (BasicSR'
 workers with py-lmdb >= 2), ``random_reverse`` does not mutate shared state (BasicSR's Vimeo datasets reverse
 ``self.neighbor_list`` in place), the crop window is drawn before decoding so PNG frames decode only down to its
 bottom row, frames are cropped as uint8 before the float conversion, and a sample's frames are decoded
-concurrently with libspng (:mod:`vsrkit.data.image_decode`).
+concurrently (libdeflate + libspng, :mod:`vsrkit.data.image_decode`).
 
 Items: ``{'lq': (T, C, H/scale, W/scale), 'gt': ..., 'key': str}``, float RGB in [0, 1]; ``gt`` is the centre
 frame (C, H, W) for window datasets (what BasicSR's EDVR-style models expect) and (T, C, H, W) for clip datasets.
@@ -100,7 +100,8 @@ class VideoTrainDataset(data.Dataset):
             for clip, (h, w) in zip(self.clips, self.lq_sizes):
                 if min(h, w) < patch:
                     raise ValueError(f'{owner}: gt_size {self.gt_size} needs LQ frames of at least {patch}x{patch} '
-                                     f'(scale {self.scale}), but clip {clip.name!r} in {self.lq_store.root} is {h}x{w}.')
+                                     f'(scale {self.scale}), but clip {clip.name!r} in {self.lq_store.root} '
+                                     f'is {h}x{w}.')
         self.samples = [(c, f) for c, clip in enumerate(self.clips)
                         for f in (range(len(clip.keys)) if self.sample_every_frame else [self._middle(len(clip.keys))])]
 
@@ -173,7 +174,6 @@ class VideoTrainDataset(data.Dataset):
             lq, gt = torch.cat([lq, lq.flip(0)]), torch.cat([gt, gt.flip(0)])
         key = clip.keys[anchor] if self.sample_every_frame else clip.name
         return {'lq': lq, 'gt': gt if self.clip_mode else gt[0], 'key': key}
-
 
     def _read_crops(self, clip_index: int, keys: list[str], gt_keys: list[str]) -> tuple[list, list]:
         """A random LQ window and the GT window ``scale`` x larger, drawn as basicsr's ``paired_random_crop`` draws
