@@ -9,7 +9,7 @@ from pathlib import Path
 from setuptools import setup
 
 HERE = Path(__file__).parent
-SUBPACKAGES = ('archs', 'data', 'losses', 'models', 'utils', 'inference_scripts')
+SUBPACKAGES = ('utils', 'archs', 'data', 'losses', 'evaluation', 'inference', 'models', 'engine', 'inference_scripts')
 
 
 def read_requirements() -> list[str]:
@@ -28,6 +28,6 @@ setup(
     package_dir={f'vsrkit.{name}': name for name in SUBPACKAGES},
     package_data={'vsrkit.data': ['meta_info/*.txt']},
     install_requires=read_requirements(),
-    entry_points={'console_scripts': ['vsrkit-train = vsrkit.utils.train_loop:main',
+    entry_points={'console_scripts': ['vsrkit-train = vsrkit.engine.train_loop:main',
                                     'vsrkit-upscale = vsrkit.inference_scripts.upscale_video:main']},
 )

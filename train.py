@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from vsrkit.utils.train_loop import main
+from vsrkit.engine.train_loop import main
 
 if __name__ == '__main__':
     sys.exit(main(root=Path(__file__).resolve().parent))

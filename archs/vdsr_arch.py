@@ -7,7 +7,7 @@ each body conv is followed by a ReLU. Parameter names equal twtygqyy/pytorch-vds
 ``residual_layer.N.conv``, ``output``), so its weights — converted from the published whole-module pickle by
 :func:`vsrkit.utils.legacy_checkpoint.load_legacy_checkpoint` — load with ``strict=True`` (664,704 parameters).
 
-``widths`` rebuilds a physically pruned network (see :mod:`vsrkit.utils.pruning`): the output channels of the
+``widths`` rebuilds a physically pruned network (see :mod:`vsrkit.archs.pruning`): the output channels of the
 input conv and of each body conv, one entry per conv; the output conv always maps back to one channel.
 """
 from __future__ import annotations

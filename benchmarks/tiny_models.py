@@ -24,7 +24,7 @@ from torch import nn
 
 from vsrkit.archs.elsr_arch import ELSR
 from vsrkit.archs.vdsr_arch import VDSR
-from vsrkit.utils.train_loop import format_table
+from vsrkit.evaluation.tables import format_table
 
 
 def conv_flops(net: nn.Module, x: torch.Tensor) -> int:

@@ -141,7 +141,7 @@ def check_same_function(checkpoint: Path) -> float:
     """Max |seed module - ViTSR| on one random frame: both pipelines run the same network."""
     import torch
 
-    from vsrkit.utils.arch_detect import load_model
+    from vsrkit.archs.loader import load_model
 
     ours, _ = load_model(checkpoint)
     x = torch.rand(1, 3, 16, 24)
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from vsrkit.archs.vit_arch import ViTSR
-    from vsrkit.utils.arch_detect import load_model
+    from vsrkit.archs.loader import load_model
 
     width, height = (int(v) for v in args.size.split('x'))
     counts = [int(c) for c in args.frames.split(',')]

@@ -25,8 +25,12 @@ from typing import Callable
 import cv2
 import numpy as np
 
+import skimage.data
+
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.utils.matlab_functions import imresize
+from vsrkit.data.lmdb_io import make_lmdb_from_folder
+from vsrkit.data.sample_videos import build_video_sample
 
 SCALES = (2, 4)
 # (photo, held out for validation?) — photos of skimage.data that are colour, natural and bundled in the wheel.
@@ -38,8 +42,6 @@ VAL_CROPS_PER_PHOTO = 2
 
 def _photo(name: str) -> np.ndarray:
     """An RGB uint8 photo from scikit-image's bundled data (no download)."""
-    import skimage.data
-
     if name == 'motorcycle_left':
         image = skimage.data.stereo_motorcycle()[0]
     else:
@@ -76,8 +78,6 @@ def _val_crops(photo: np.ndarray, name: str) -> dict[str, np.ndarray]:
 
 def build_image_sample(target: Path) -> None:
     """Create ``datasets/sample/images`` (layout in the module docstring) at ``target``."""
-    from vsrkit.data.lmdb_io import make_lmdb_from_folder
-
     def build(tmp: Path) -> None:
         multiple = max(SCALES)
         train = {}
@@ -117,13 +117,8 @@ def build_atomically(target: Path, build: Callable[[Path], None]) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _build_video_sample(target: Path) -> None:
-    from vsrkit.data.sample_videos import build_video_sample  # builds atomically itself
-
-    build_video_sample(target)
-
-
-SAMPLE_BUILDERS: dict[str, Callable[[Path], None]] = {'images': build_image_sample, 'video': _build_video_sample}
+# each builder writes atomically (a temporary folder renamed into place)
+SAMPLE_BUILDERS: dict[str, Callable[[Path], None]] = {'images': build_image_sample, 'video': build_video_sample}
 
 
 def sample_builder_for(path: str | Path) -> tuple[Callable[[Path], None], Path] | None:

@@ -40,7 +40,7 @@ from basicsr.data.transforms import augment
 from basicsr.utils.color_util import bgr2ycbcr
 from basicsr.utils.matlab_functions import imresize
 from vsrkit.data.lmdb_io import LmdbImageReader, read_meta_info, scan_images
-from vsrkit.utils.image_eval import mod_crop
+from vsrkit.utils.color import mod_crop
 from vsrkit.utils.registry import DATASET_REGISTRY, register
 
 MARGIN_PER_SCALE = 5  # region margin in units of s; the two bicubic kernels reach 4·s HR pixels

@@ -9,10 +9,10 @@ Each GT image (cropped to a multiple of S) is downscaled with MATLAB-compatible 
 model and scored with PSNR and SSIM on the Y channel, S border pixels shaved (``--rgb``: on RGB instead);
 bicubic upscaling is scored beside it. Prints a per-image table and the average. The architecture comes from --opt
 (its ``network_g``) or --arch when given, else the checkpoint's ``network_g`` entry (vsrkit training
-checkpoints, converted/legacy VDSR files), else its keys and shapes (vsrkit.utils.arch_detect); a network that
+checkpoints, converted/legacy VDSR files), else its keys and shapes (vsrkit.archs.loader); a network that
 carries a scale must be the --scale one. VDSR-style networks (Y in,
 same size out) get the bicubic-upscaled Y and their output is recombined with the bicubic Cb/Cr. The protocol is
-:mod:`vsrkit.utils.image_eval`.
+:mod:`vsrkit.evaluation.image_protocol`.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import sys
 
 import torch
 
-from vsrkit.utils.image_eval import evaluate_images, input_mode, load_network
-from vsrkit.utils.train_loop import format_table
+from vsrkit.evaluation.image_protocol import evaluate_images, input_mode, load_network
+from vsrkit.evaluation.tables import format_table
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,18 +15,18 @@ the SR frames as ``images/<clip>/<frame>.png``. ``--chunk``: long clips run in o
 
 Defaults: checkpoint ``experiments/miavsr_reds/models/net_g_latest.pth`` (when absent and no --model is given:
 a message, and bicubic is scored alone); the network from ``--opt``'s network_g if given, else the checkpoint's
-``network_g`` entry, else recognised from its keys and shapes (``vsrkit.utils.arch_detect``); weights
+``network_g`` entry, else recognised from its keys and shapes (``vsrkit.archs.loader``); weights
 ``params_ema`` if present, else ``params``; data: BasicSR's REDS lmdbs ``datasets/REDS/train_sharp_with_val.lmdb``
 / ``train_sharp_bicubic_with_val.lmdb`` with ``data/meta_info/meta_info_REDS4_test_GT.txt``; where they are
 absent, the bundled sample clips 000/011/015 (``datasets/sample/video``, built on first use) are evaluated
 instead, saying so — those are not REDS4 numbers.
-The protocol is :mod:`vsrkit.utils.video_eval`.
+The protocol is :mod:`vsrkit.evaluation.video_protocol`.
 """
 from __future__ import annotations
 
 import sys
 
-from vsrkit.utils.video_eval import Benchmark, benchmark_main
+from vsrkit.evaluation.video_protocol import Benchmark, benchmark_main
 
 REDS4 = Benchmark(
     name='REDS4', options='options/miavsr_reds.yml', checkpoint='experiments/miavsr_reds/models/net_g_latest.pth',

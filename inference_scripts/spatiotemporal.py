@@ -22,8 +22,8 @@ import sys
 import numpy as np
 import torch
 
-from vsrkit.utils.image_eval import load_network
-from vsrkit.utils.spatiotemporal import fuse, read_frames, score_frames, to_grey_tensor, to_images, write_frames
+from vsrkit.evaluation.image_protocol import load_network
+from vsrkit.inference.spatiotemporal import fuse, read_frames, score_frames, to_grey_tensor, to_images, write_frames
 
 
 def main(argv: list[str] | None = None) -> int:

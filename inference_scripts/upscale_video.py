@@ -9,7 +9,7 @@ Usage:
 INPUT: a video file (mp4, mkv, avi, mov, ...) or a folder of frames (png/jpg/bmp/tif, sorted by name; ``--fps``,
 default 25, sets their timing). OUTPUT: a video file (.mp4, also .mkv/.mov: H.264, yuv420p) or a folder (PNG
 frames ``00000000.png`` ...; exact, lossless). The architecture is detected from the checkpoint
-(:mod:`vsrkit.utils.arch_detect`); ``--opt`` (an options YAML's network_g) or ``--arch`` overrides it.
+(:mod:`vsrkit.archs.loader`); ``--opt`` (an options YAML's network_g) or ``--arch`` overrides it.
 
 What is kept: the frame count; every frame's timestamp (each output frame is written with its input frame's pts
 in the input stream's time base, so variable frame rate survives; a folder gets pts = index in 1/fps); the
@@ -65,7 +65,7 @@ from tqdm import tqdm
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.data.data_util import generate_frame_indices
 from basicsr.utils.color_util import rgb2ycbcr_pt
-from vsrkit.utils.arch_detect import ModelIO, load_model
+from vsrkit.archs.loader import ModelIO, load_model
 from vsrkit.utils.tiling import stream_forward
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from vsrkit.utils.video_eval import Benchmark, benchmark_main
+from vsrkit.evaluation.video_protocol import Benchmark, benchmark_main
 
 VIMEO90K_T = Benchmark(
     name='Vimeo90K-T', options='options/miavsr_vimeo.yml',

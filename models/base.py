@@ -27,14 +27,13 @@ from torch.nn.parallel import DistributedDataParallel
 import vsrkit.archs  # noqa: F401  (model types build networks and losses by name from these registries)
 import vsrkit.losses  # noqa: F401
 from vsrkit.models.optim import build_optimizer, build_scheduler
-from vsrkit.utils.checkpoint import atomic_save, extract_state_dict, load_file
+from vsrkit.utils.atomic import atomic_save
+from vsrkit.utils.checkpoint import extract_state_dict, load_file
+from vsrkit.utils.precision import autocast_for, parse_dtype
 from vsrkit.utils.dist import all_gather_objects, choose_device, get_rank_world
 from vsrkit.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
 logger = logging.getLogger('vsrkit')
-
-AMP_DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
-
 
 def build_network(opt: dict) -> nn.Module:
     kwargs = dict(opt)
@@ -49,13 +48,7 @@ def amp_dtype(train_opt: dict, device: torch.device) -> torch.dtype | None:
     """``train.amp``: a dtype name for CUDA only (e.g. ``fp16``), or {cuda: ..., cpu: ...}; CPU allows bf16."""
     amp = train_opt.get('amp')
     choice = amp.get(device.type) if isinstance(amp, dict) else (amp if device.type == 'cuda' else None)
-    if choice in (None, False, 'none', 'no', 'fp32'):
-        return None
-    if choice not in AMP_DTYPES:
-        raise ValueError(f"train.amp: expected one of {sorted(AMP_DTYPES)} or none for {device.type}, got {choice!r}")
-    if device.type == 'cpu' and AMP_DTYPES[choice] is torch.float16:
-        raise ValueError('train.amp: fp16 autocast is CUDA-only here; use bf16 on CPU')
-    return AMP_DTYPES[choice]
+    return parse_dtype(choice, device, where='train.amp')
 
 
 class TrainableModel:
@@ -132,9 +125,7 @@ class TrainableModel:
             self.gt = data['gt'].to(self.device, non_blocking=True)
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast_for(self.device, self.amp_dtype)
 
     def compute_losses(self, current_iter: int) -> dict[str, torch.Tensor]:
         """Forward the fed batch and return named loss terms (summed for backward). Subclasses implement."""

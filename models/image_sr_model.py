@@ -18,7 +18,7 @@ from basicsr.utils import imwrite, tensor2img
 from vsrkit.models.base import TrainableModel
 from vsrkit.utils.registry import MODEL_REGISTRY, register
 from vsrkit.utils.tiling import tiled_forward
-from vsrkit.utils.video_eval import bicubic_frame
+from vsrkit.utils.color import bicubic_frame
 
 
 @register(MODEL_REGISTRY)

@@ -16,7 +16,7 @@ from torch.optim import lr_scheduler as torch_sched
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.models.lr_scheduler import CosineAnnealingRestartLR as _BasicsrCosineRestart
 from basicsr.models.lr_scheduler import MultiStepRestartLR
-from vsrkit.utils.options import OptionsError, signature_problem
+from vsrkit.utils.signature import OptionsError, signature_problem
 
 
 class CosineAnnealingRestartLR(_BasicsrCosineRestart):

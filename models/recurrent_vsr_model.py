@@ -24,7 +24,7 @@ the official MIA-VSR scripts), optionally beside MATLAB-bicubic upscaling of the
 (``val.compare_bicubic``: ``bicubic_<metric>`` columns). ``val.center_frame_only: true`` scores only each
 clip's centre frame (the Vimeo-90K-T protocol). ``val.chunk: {size, overlap}`` runs long clips through the
 network in blended temporal chunks. One row per clip: the per-frame mean within the clip (chunk items of a
-chunked dataset are merged frame-weighted, see ``vsrkit.utils.video_eval``), averages over clips.
+chunked dataset are merged frame-weighted, see ``vsrkit.evaluation.video_protocol``), averages over clips.
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ from basicsr.utils import imwrite
 from vsrkit.losses.sparsity_loss import SparsityLoss
 from vsrkit.models.base import TrainableModel, unwrap
 from vsrkit.utils.registry import MODEL_REGISTRY, register
-from vsrkit.utils.video_eval import bicubic_frame, merge_clip_rows, owned_frames, score_clip, upscale_frames
+from vsrkit.utils.color import bicubic_frame
+from vsrkit.evaluation.video_protocol import merge_clip_rows, owned_frames, score_clip, upscale_frames
 
 FLOW_MODULE = 'spynet'
 

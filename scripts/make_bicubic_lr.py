@@ -21,7 +21,7 @@ import cv2
 from tqdm import tqdm
 
 from vsrkit.data.lmdb_io import scan_images
-from vsrkit.utils.image_eval import bicubic_downscale
+from vsrkit.utils.color import bicubic_downscale
 
 
 def make_lr_folder(gt_dir: Path, lr_dir: Path, scale: int, overwrite: bool = False) -> int:

@@ -13,7 +13,7 @@ import sys
 
 from vsrkit.utils.legacy_checkpoint import (UnsafePickleError, load_legacy_checkpoint, save_checkpoint,
                                             vdsr_network_options)
-from vsrkit.utils.pruning import prune_conv_chain
+from vsrkit.archs.pruning import prune_conv_chain
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,9 +32,14 @@ for line in open(sys.argv[1]):
         if version(req.name) not in req.specifier:
             raise SystemExit(1)
 import importlib.util, pathlib  # vsrkit itself, installed from THIS checkout (not another clone)
-spec = importlib.util.find_spec('vsrkit.archs')
-if spec is None or pathlib.Path(sys.argv[2]).resolve() not in pathlib.Path(spec.origin).resolve().parents:
-    raise SystemExit(1)
+import ast  # every subpackage setup.py names must resolve into this checkout (a new one needs a reinstall)
+tree = ast.parse(open(pathlib.Path(sys.argv[2]) / 'setup.py').read())
+names = next(ast.literal_eval(n.value) for n in ast.walk(tree)
+             if isinstance(n, ast.Assign) and getattr(n.targets[0], 'id', '') == 'SUBPACKAGES')
+for name in names:
+    spec = importlib.util.find_spec(f'vsrkit.{name}')
+    if spec is None or pathlib.Path(sys.argv[2]).resolve() not in pathlib.Path(spec.origin).resolve().parents:
+        raise SystemExit(1)
 PY
 then
   echo "setup: requirements and vsrkit already installed"

@@ -15,7 +15,7 @@ from vsrkit.archs.iiavsr_arch import IIAVSR
 from vsrkit.archs.miavsr_arch import MIAVSR
 from vsrkit.archs.vdsr_arch import VDSR
 from vsrkit.archs.vit_arch import ViTSR
-from vsrkit.utils.arch_detect import SUPPORTED_ARCHS, detect_architecture, load_model
+from vsrkit.archs.loader import SUPPORTED_ARCHS, detect_architecture, load_model
 
 MIA_TINY = dict(mid_channels=8, embed_dim=12, depths=[2, 1], num_heads=[2, 3], window_size=[3, 4, 4], mlp_ratio=1.5)
 

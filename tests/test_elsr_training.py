@@ -11,8 +11,8 @@ import yaml
 
 from vsrkit.models.image_sr_model import ImageSRModel
 from vsrkit.utils.checkpoint import load_file
-from vsrkit.utils.options import load_options
-from vsrkit.utils.train_loop import main as train_main
+from vsrkit.engine.options import load_options
+from vsrkit.engine.train_loop import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ['elsr_x2_stage1', 'elsr_x4_stage2', 'elsr_x4_stage3']

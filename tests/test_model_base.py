@@ -54,7 +54,7 @@ def test_bf16_autocast_on_cpu_only_when_asked():
     model.optimize_parameters(1)
     assert model.output.dtype == torch.bfloat16 and torch.isfinite(torch.tensor(model.get_current_log()['l_pixel']))
     assert ImageSRModel(options(amp='fp16')).amp_dtype is None  # a plain string applies to CUDA only
-    with pytest.raises(ValueError, match='fp16 autocast is CUDA-only'):
+    with pytest.raises(ValueError, match='train.amp: fp16 needs CUDA'):
         ImageSRModel(options(amp={'cpu': 'fp16'}))
 
 

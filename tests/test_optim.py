@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vsrkit.models.optim import CosineAnnealingRestartLR, build_optimizer, build_scheduler
-from vsrkit.utils.options import OptionsError
+from vsrkit.utils.signature import OptionsError
 
 
 def params():

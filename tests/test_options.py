@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vsrkit.utils.option_checks import check_options
-from vsrkit.utils.options import OptionsError, apply_overrides, load_options
+from vsrkit.engine.option_checks import check_options
+from vsrkit.engine.options import apply_overrides, load_options
+from vsrkit.utils.signature import OptionsError
 
 ROOT = Path(__file__).resolve().parents[1]
 

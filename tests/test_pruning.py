@@ -11,7 +11,7 @@ from skimage import data
 
 from vsrkit.archs.vdsr_arch import VDSR
 from vsrkit.utils.legacy_checkpoint import load_legacy_checkpoint
-from vsrkit.utils.pruning import l1_filter_masks, prune_conv_chain, vdsr_conv_chain
+from vsrkit.archs.pruning import l1_filter_masks, prune_conv_chain, vdsr_conv_chain
 from basicsr.utils.color_util import rgb2ycbcr  # noqa: E402  (after vsrkit: the compat shim must come first)
 
 SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'prune.py'

@@ -16,8 +16,9 @@ import vsrkit.models  # noqa: F401  (registers the model types)
 from basicsr.losses.basic_loss import CharbonnierLoss
 from basicsr.metrics import calculate_psnr
 from vsrkit.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
-from vsrkit.utils.train_loop import main
-from vsrkit.utils.video_eval import bicubic_frame, owned_frames
+from vsrkit.engine.train_loop import main
+from vsrkit.utils.color import bicubic_frame
+from vsrkit.evaluation.video_protocol import owned_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_NET = {'type': 'MIAVSR', 'mid_channels': 8, 'embed_dim': 8, 'depths': [1], 'num_heads': [1],
@@ -187,8 +188,8 @@ def test_validation_rows_per_clip(tmp_path, clips):
 @pytest.mark.parametrize('name', ['miavsr_reds', 'miavsr_vimeo', 'miavsr_sample'])
 def test_options_files(name):
     """The options pass the registry/signature checks (absent REDS/Vimeo data aside) and hold the recipe."""
-    from vsrkit.utils.option_checks import check_options
-    from vsrkit.utils.options import load_options
+    from vsrkit.engine.option_checks import check_options
+    from vsrkit.engine.options import load_options
 
     opt = load_options(ROOT / 'options' / f'{name}.yml', root=ROOT)
     check_options(opt, sample_builder_for=lambda path: True)  # data roots are not checked here

@@ -15,9 +15,9 @@ import vsrkit.models  # noqa: F401  (registers the model types)
 from vsrkit.data.frame_sequence_dataset import EvenOddFrameDataset
 from vsrkit.data.grey_rgb_dataset import GreyRGBFrameDataset
 from vsrkit.data.sample_data import ensure_sample_data
-from vsrkit.utils.options import load_options
+from vsrkit.engine.options import load_options
 from vsrkit.utils.registry import MODEL_REGISTRY
-from vsrkit.utils.train_loop import main as train_main
+from vsrkit.engine.train_loop import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = ROOT / 'datasets' / 'sample' / 'video' / 'REDS' / 'train_sharp'
@@ -124,7 +124,7 @@ def train(name: str, folder: Path) -> Path:
 
 def test_spatiotemporal_end_to_end(frames_root, tmp_path, capsys):
     from vsrkit.inference_scripts.spatiotemporal import main as fuse_main
-    from vsrkit.utils.image_eval import load_network
+    from vsrkit.evaluation.image_protocol import load_network
 
     colorizer_ckpt = train('grey2rgb_sample', tmp_path / 'colour')
     interpolator_ckpt = train('convlstm_sample', tmp_path / 'interp')
@@ -162,6 +162,6 @@ def test_spatiotemporal_end_to_end(frames_root, tmp_path, capsys):
     references = [cv2.imread(str(tmp_path / 'ref' / f'{i:08d}.png')) for i in range(8)]
     psnr_all = np.mean([peak_signal_noise_ratio(r, cv2.imread(str(p)), data_range=255)
                         for r, p in zip(references, outputs)])
-    line = next(l for l in printed.splitlines() if l.strip().startswith('all:'))
+    line = next(row for row in printed.splitlines() if row.strip().startswith('all:'))
     assert float(line.split('PSNR')[1].split('dB')[0]) == pytest.approx(psnr_all, abs=1e-3)
     assert '4 frames in -> 8 frames out' in printed

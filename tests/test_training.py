@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from vsrkit.utils.train_loop import main
+from vsrkit.engine.train_loop import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

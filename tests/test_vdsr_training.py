@@ -16,8 +16,8 @@ import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.utils.matlab_functions import imresize
 from vsrkit.data.y_multiscale_dataset import YMultiScaleDataset, y_channel
 from vsrkit.models.image_sr_model import ImageSRModel
-from vsrkit.utils.options import load_options
-from vsrkit.utils.train_loop import main as train_main
+from vsrkit.engine.options import load_options
+from vsrkit.engine.train_loop import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def _independent_bicubic_y_psnr(path: Path, scale: int) -> float:
 
 def test_eval_images_published_vdsr_beats_bicubic(reference_checkpoint, photo_dir, capsys):
     from vsrkit.inference_scripts.eval_images import main as eval_main
-    from vsrkit.utils.image_eval import evaluate_images, load_network
+    from vsrkit.evaluation.image_protocol import evaluate_images, load_network
 
     checkpoint = reference_checkpoint('vdsr_model_epoch_50.pth')
     assert eval_main(['--model', str(checkpoint), '--input', str(photo_dir), '--scale', '2', '--device', 'cpu']) == 0

@@ -16,7 +16,7 @@ import torch
 import vsrkit.archs  # noqa: F401  (registers the archs)
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from vsrkit.archs.miavsr_arch import MIAVSR
-from vsrkit.utils.video_eval import benchmark_main
+from vsrkit.evaluation.video_protocol import benchmark_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {'type': 'MIAVSR', 'mid_channels': 8, 'embed_dim': 8, 'depths': [1], 'num_heads': [1],

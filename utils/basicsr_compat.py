@@ -28,7 +28,7 @@ def install() -> None:
         return
     if legacy_exists:
         return
-    from torchvision.transforms import functional
+    from torchvision.transforms import functional  # noqa: PLC0415  (only when the stand-in is needed)
 
     stand_in = types.ModuleType(_LEGACY)
     stand_in.__doc__ = 'vsrkit stand-in for the module removed in torchvision 0.17 (see vsrkit.utils.basicsr_compat)'

@@ -1,31 +1,14 @@
-"""Checkpoint files: atomic writes and tolerant reading of the usual weight-file layouts."""
+"""Checkpoint files: tolerant reading of the usual weight-file layouts (atomic writes: ``vsrkit.utils.atomic``)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vsrkit.utils.legacy_checkpoint import load_legacy_checkpoint
+
 WEIGHT_KEYS = ('params_ema', 'params', 'state_dict', 'model_state_dict', 'net_g', 'model')
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load_file(path: str | Path) -> Any:
@@ -39,8 +22,6 @@ def load_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:
-        from vsrkit.utils.legacy_checkpoint import load_legacy_checkpoint
-
         try:
             return load_legacy_checkpoint(path)
         except Exception:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vsrkit.utils.checkpoint import atomic_save
+from vsrkit.utils.atomic import atomic_save
 
 __all__ = ['UnsafePickleError', 'RestrictedUnpickler', 'RESTRICTED_PICKLE', 'load_legacy_checkpoint',
            'module_state_dict', 'vdsr_network_options', 'vdsr_widths', 'save_checkpoint']
@@ -163,7 +163,7 @@ def load_legacy_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Save atomically (``vsrkit.utils.checkpoint.atomic_save``); refuses an existing ``path`` unless ``overwrite``."""
+    """Save atomically (``vsrkit.utils.atomic.atomic_save``); refuses an existing ``path`` unless ``overwrite``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f'{path} exists; pass overwrite=True (--overwrite) to replace it')

@@ -29,6 +29,7 @@ upscaler must feed a network (:class:`ModelIO`).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ import torch
 import yaml
 from torch import nn
 
+import basicsr.archs  # noqa: F401  (registers basicsr's architectures)
+import vsrkit.archs  # noqa: F401  (registers vsrkit's)
 from vsrkit.utils.checkpoint import extract_state_dict, load_file
 from vsrkit.utils.legacy_checkpoint import vdsr_widths
 from vsrkit.utils.registry import ARCH_REGISTRY
@@ -241,8 +244,6 @@ def detect_architecture(state_dict_or_checkpoint: Any, source: str = 'checkpoint
 
 
 def _arch_class(name: str) -> type[nn.Module]:
-    import vsrkit.archs  # noqa: F401  (registers vsrkit's architectures; basicsr's register on import)
-    import basicsr.archs  # noqa: F401
     if name not in ARCH_REGISTRY:
         raise KeyError(f"unknown architecture '{name}'; registered: {', '.join(sorted(ARCH_REGISTRY.keys()))}")
     return ARCH_REGISTRY.get(name)
@@ -289,8 +290,6 @@ def load_model(path: str | Path, arch: str | None = None, options: dict[str, Any
 
 def model_io(arch: str, options: dict[str, Any]) -> ModelIO:
     """The :class:`ModelIO` of a registered architecture built with ``options`` (unset options: defaults)."""
-    import inspect
-
     defaults = {k: p.default for k, p in inspect.signature(_arch_class(arch)).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     o = {**defaults, **options}

@@ -30,40 +30,19 @@ from torch import nn
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.metrics import calculate_psnr, calculate_ssim
-from basicsr.utils.color_util import bgr2ycbcr, ycbcr2bgr
-from basicsr.utils.matlab_functions import imresize
+from vsrkit.archs.loader import load_model
+from vsrkit.data.lmdb_io import scan_images
+from vsrkit.utils.color import bicubic_downscale, bicubic_upscale, luma_pipeline, mod_crop, to_uint8
 
 MODES = ('rgb', 'y', 'y_upscaled')
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
-
-
-def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
-    """Crop the bottom/right so that height and width are multiples of ``scale``."""
-    h, w = image.shape[:2]
-    return image[:h - h % scale, :w - w % scale]
-
-
-def bicubic_downscale(image: np.ndarray, scale: int) -> np.ndarray:
-    """uint8 image (H, W[, C]) → MATLAB-bicubic x1/scale, rounded to uint8."""
-    return _to_uint8(imresize(image.astype(np.float64) / 255.0, 1.0 / scale))
-
-
-def bicubic_upscale(image: np.ndarray, scale: int) -> np.ndarray:
-    """float image in [0, 1] (H, W[, C]) → MATLAB-bicubic x scale, float (not clipped)."""
-    return imresize(image.astype(np.float64), scale)
 
 
 # ------------------------------------------------------------------------------------------ networks
 def load_network(checkpoint_path: str | Path, opt_path: str | Path | None = None, arch: str | None = None,
                  device: str | torch.device = 'cpu') -> tuple[nn.Module, dict]:
-    """The network a checkpoint holds, strictly loaded, eval mode: ``vsrkit.utils.arch_detect.load_model``
+    """The network a checkpoint holds, strictly loaded, eval mode: ``vsrkit.archs.loader.load_model``
     (the checkpoint's ``network_g``, else recognised from its keys and shapes; ``opt_path``/``arch`` override).
     Returns (network, its network_g options including 'type')."""
-    from vsrkit.utils.arch_detect import load_model
-
     net, info = load_model(checkpoint_path, arch=arch, options=opt_path, device=device)
     return net, {'type': info['arch'], **info['options']}
 
@@ -103,11 +82,8 @@ def super_resolve(net: nn.Module, lr: np.ndarray, scale: int, mode: str) -> np.n
 
     lr_f = lr.astype(np.float64) / 255.0
     if mode == 'rgb':
-        return _to_uint8(run(lr_f[..., ::-1])[..., ::-1])
-    ycbcr = bgr2ycbcr(bicubic_upscale(lr_f, scale).astype(np.float32))
-    y_in = ycbcr[..., :1] if mode == 'y_upscaled' else bgr2ycbcr(lr_f.astype(np.float32))[..., :1]
-    ycbcr[..., :1] = run(y_in.astype(np.float64))
-    return _to_uint8(ycbcr2bgr(ycbcr))
+        return to_uint8(run(lr_f[..., ::-1])[..., ::-1])
+    return to_uint8(luma_pipeline(run, lr_f, scale, upscaled_input=mode == 'y_upscaled'))
 
 
 def score(image: np.ndarray, gt: np.ndarray, scale: int, y_only: bool = True) -> dict[str, float]:
@@ -119,8 +95,6 @@ def score(image: np.ndarray, gt: np.ndarray, scale: int, y_only: bool = True) ->
 def evaluate_images(net: nn.Module, gt_dir: str | Path, scale: int, y_only: bool = True) -> list[dict[str, Any]]:
     """The protocol (module docstring) over every image of ``gt_dir``: one row per image with
     name, bicubic_psnr, psnr, bicubic_ssim, ssim."""
-    from vsrkit.data.lmdb_io import scan_images  # here: vsrkit.data's datasets import this module
-
     items = scan_images(gt_dir)
     if not items:
         raise FileNotFoundError(f'no images found in {gt_dir}')
@@ -132,7 +106,7 @@ def evaluate_images(net: nn.Module, gt_dir: str | Path, scale: int, y_only: bool
             raise ValueError(f'cannot decode image {path}')
         gt = mod_crop(gt, scale)
         lr = bicubic_downscale(gt, scale)
-        bicubic = _to_uint8(bicubic_upscale(lr.astype(np.float64) / 255.0, scale))
+        bicubic = to_uint8(bicubic_upscale(lr.astype(np.float64) / 255.0, scale))
         ours, base = score(super_resolve(net, lr, scale, mode), gt, scale, y_only), score(bicubic, gt, scale, y_only)
         rows.append({'name': key, 'bicubic_psnr': base['psnr'], 'psnr': ours['psnr'],
                      'bicubic_ssim': base['ssim'], 'ssim': ours['ssim']})

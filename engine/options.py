@@ -1,21 +1,18 @@
 """Options: read a BasicSR-style YAML file, apply ``--force_yml`` overrides, fill defaults and paths.
 
-Checking the options against the registries is ``vsrkit.utils.option_checks``; this module only loads.
+Checking the options against the registries is ``vsrkit.engine.option_checks``; this module only loads.
 Relative paths in the options (datasets, pretrained weights, resume states) resolve against the project
 root, not the working directory, so a run can be started or resumed from anywhere.
 """
 from __future__ import annotations
 
 import copy
-import inspect
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-
-class OptionsError(ValueError):
-    """A problem with an options file, reported to the user as one readable message (no traceback)."""
+from vsrkit.utils.signature import OptionsError
 
 
 PATH_SUFFIXES = ('dataroot_gt', 'dataroot_lq', 'meta_info_file', 'pretrain_network_g', 'pretrain_network_d',
@@ -133,22 +130,3 @@ def load_options(path: str | Path, *, root: str | Path, overrides: Iterable[str]
 
 def dump_options(opt: dict) -> str:
     return yaml.safe_dump(opt, sort_keys=False, default_flow_style=None)
-
-
-def signature_problem(obj: object, kwargs: dict, positional: tuple = ()) -> str | None:
-    """Why ``obj(*positional, **kwargs)`` would fail to bind (unknown or missing options), or None if it binds."""
-    signature = inspect.signature(obj)
-    try:
-        signature.bind(*positional, **kwargs)
-        return None
-    except TypeError:
-        pass
-    params = list(signature.parameters.values())[len(positional):]
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params)
-    names = [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-    unknown = [k for k in kwargs if k not in names and not accepts_any]
-    missing = [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-               and p.name not in kwargs]
-    parts = ([f'unknown option(s) {unknown}'] if unknown else []) + ([f'missing {missing}'] if missing else [])
-    name = getattr(obj, '__name__', str(obj))
-    return f"{name}: {'; '.join(parts) or 'arguments do not bind'}; it accepts {names}"

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import torch
@@ -41,8 +42,6 @@ def read_frames(path: str | os.PathLike) -> list[np.ndarray]:
         return frames
     if not path.is_file():
         raise FileNotFoundError(f'{path} is neither a folder of frames nor a video file')
-    import av
-
     try:
         with av.open(str(path)) as container:
             frames = [f.to_ndarray(format='bgr24') for f in container.decode(video=0)]

@@ -11,24 +11,22 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
-from vsrkit.utils.options import OptionsError, signature_problem
+# every registry populated: basicsr's and vsrkit's archs, datasets, losses, metrics and model types
+import basicsr.archs  # noqa: F401
+import basicsr.data  # noqa: F401
+import basicsr.losses  # noqa: F401
+import basicsr.metrics  # noqa: F401
+import basicsr.models  # noqa: F401
+import vsrkit.archs  # noqa: F401
+import vsrkit.losses  # noqa: F401
+import vsrkit.models  # noqa: F401
+from vsrkit.data import sample_data
+from vsrkit.models.optim import optimizer_names, scheduler_names
+from vsrkit.utils.signature import OptionsError, signature_problem
 from vsrkit.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 DATAROOT_KEYS = ('dataroot_gt', 'dataroot_lq', 'meta_info_file')
 SCALE_KEYS = ('scale', 'upscale')
-
-
-def load_all_registries() -> None:
-    """Import basicsr's and vsrkit's modules so that every registry is populated."""
-    import basicsr.archs  # noqa: F401
-    import basicsr.data  # noqa: F401
-    import basicsr.losses  # noqa: F401
-    import basicsr.metrics  # noqa: F401
-    import basicsr.models  # noqa: F401
-    import vsrkit.archs  # noqa: F401
-    import vsrkit.data  # noqa: F401
-    import vsrkit.losses  # noqa: F401
-    import vsrkit.models  # noqa: F401
 
 
 def unknown_name_message(where: str, kind: str, name: object, known: Iterable[str]) -> str:
@@ -98,8 +96,6 @@ class _Checker:
                     self.problems.append(f'{where}.{key}: {path} does not exist')
 
     def check_train(self) -> None:
-        from vsrkit.models.optim import optimizer_names, scheduler_names
-
         train = self.require(self.opt, 'train', '', 'the training options')
         if train is None:
             return
@@ -144,10 +140,7 @@ class _Checker:
 
 def check_options(opt: dict, sample_builder_for: Callable[[str], object | None] | None = None) -> None:
     """Raise ``OptionsError`` listing every problem in ``opt`` (see module docstring); return if none."""
-    load_all_registries()
-    if sample_builder_for is None:
-        from vsrkit.data.sample_data import sample_builder_for
-    problems = _Checker(opt, sample_builder_for).check()
+    problems = _Checker(opt, sample_builder_for or sample_data.sample_builder_for).check()
     if problems:
         source = opt.get('opt_path', 'options')
         raise OptionsError(f'{source}: {len(problems)} problem(s) in the options:\n  - ' + '\n  - '.join(problems))

@@ -21,14 +21,17 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from vsrkit.data.sample_data import ensure_sample_data
 from vsrkit.data.sampling import SeededSamples, ShardedEpochSampler
 from vsrkit.utils.checkpoint import latest_training_state
 from vsrkit.utils.dist import DistInfo, any_rank, barrier, cleanup, init_distributed
-from vsrkit.utils.option_checks import check_options
-from vsrkit.utils.options import OptionsError, dump_options, load_options
+from vsrkit.engine.option_checks import check_options
+from vsrkit.engine.options import dump_options, load_options
+from vsrkit.evaluation.tables import validation_table
+from vsrkit.utils.signature import OptionsError
 from vsrkit.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
 logger = logging.getLogger('vsrkit')
@@ -134,31 +137,6 @@ class Progress:
         return f'{rate:.2f} it/s, eta {eta}'
 
 
-def format_table(rows: list[dict], columns: list[str]) -> str:
-    """Plain-text table: one row per dict, numeric cells with 4 decimals."""
-    cells = [[str(c) for c in columns]]
-    for row in rows:
-        cells.append([f'{row[c]:.4f}' if isinstance(row.get(c), float) else str(row.get(c, '')) for c in columns])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ['  '.join(v.ljust(widths[i]) if i == 0 else v.rjust(widths[i]) for i, v in enumerate(r)) for r in cells]
-    lines.insert(1, '  '.join('-' * w for w in widths))
-    return '\n'.join(lines)
-
-
-def validation_table(rows: list[dict]) -> str:
-    """Per-image rows plus the average, bicubic columns beside the model's."""
-    if not rows:
-        return '(no validation images)'
-    metrics = [k for k in rows[0] if k != 'name' and not k.startswith('bicubic_')]
-    columns = ['name']
-    for metric in metrics:
-        if f'bicubic_{metric}' in rows[0]:
-            columns.append(f'bicubic_{metric}')
-        columns.append(metric)
-    average = {'name': 'average', **{c: float(np.mean([r[c] for r in rows])) for c in columns[1:]}}
-    return format_table(rows + [average], columns)
-
-
 class Trainer:
     def __init__(self, opt: dict, info: DistInfo, auto_resume: bool) -> None:
         self.opt, self.info = opt, info
@@ -177,8 +155,6 @@ class Trainer:
         seed_everything(self.seed + info.rank, bool(opt.get('deterministic', False)))
         self.tb = None
         if info.is_main and self.logger_opt.get('use_tb_logger', True):
-            from torch.utils.tensorboard import SummaryWriter
-
             self.tb = SummaryWriter(opt['path']['tb_logger'])
         self.history = Path(opt['path']['experiments_root']) / 'train_log.jsonl'
 

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,12 +28,17 @@ from torch import nn
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.metrics import calculate_metric
-from basicsr.utils import tensor2img
-from basicsr.utils.matlab_functions import imresize
+from basicsr.utils import imwrite, tensor2img
+from tqdm import tqdm
+from vsrkit.data.sample_data import sample_builder_for
+from vsrkit.data.video_clip_test_dataset import VideoClipTestDataset
+from vsrkit.data.video_clips import frames_to_tensor
+from vsrkit.evaluation.image_protocol import load_network
+from vsrkit.evaluation.tables import format_table
+from vsrkit.utils.atomic import atomic_write_text
+from vsrkit.utils.color import bicubic_frame
+from vsrkit.utils.precision import DTYPE_CHOICES, autocast_for, parse_dtype
 from vsrkit.utils.tiling import stream_forward
-
-DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-
 
 def standard_metrics(crop_border: int = 0) -> dict[str, dict]:
     """PSNR and SSIM on RGB and on Y (BT.601), as basicsr metric options (keys: psnr_rgb, ssim_rgb, psnr_y,
@@ -44,15 +46,6 @@ def standard_metrics(crop_border: int = 0) -> dict[str, dict]:
     return {f'{name}_{channel}': {'type': f'calculate_{name}', 'crop_border': crop_border,
                                   'test_y_channel': channel == 'y'}
             for channel in ('rgb', 'y') for name in ('psnr', 'ssim')}
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype | None):
-    """Autocast context for inference in ``dtype`` (None: fp32). fp16 is CUDA-only."""
-    if dtype is None:
-        return nullcontext()
-    if dtype is torch.float16 and device.type != 'cuda':
-        raise ValueError('fp16 inference needs CUDA; use bf16 or fp32 on CPU')
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -72,12 +65,6 @@ def upscale_frames(net: nn.Module, lq_frames: Iterable[torch.Tensor], scale: int
     yield from stream_forward(run, lq_frames, scale, chunk or 1 << 30, chunk_overlap if chunk else 0)
 
 
-def bicubic_frame(lq: torch.Tensor, scale: int) -> torch.Tensor:
-    """MATLAB-compatible bicubic upscaling of one (C, h, w) frame in [0, 1] (basicsr's ``imresize``)."""
-    up = imresize(lq.permute(1, 2, 0).double().cpu().numpy(), scale)
-    return torch.from_numpy(np.ascontiguousarray(up)).permute(2, 0, 1).float().clamp_(0, 1)
-
-
 def score_frame(image: np.ndarray, gt: np.ndarray, metrics: dict[str, dict]) -> dict[str, float]:
     """uint8 BGR image vs uint8 BGR GT -> {metric name: value} with basicsr metric options."""
     return {name: float(calculate_metric({'img': image, 'img2': gt}, dict(opt))) for name, opt in metrics.items()}
@@ -86,8 +73,6 @@ def score_frame(image: np.ndarray, gt: np.ndarray, metrics: dict[str, dict]) -> 
 def owned_frames(frame_start: int, length: int, clip_length: int, chunk_overlap: int) -> range:
     """The frames of a dataset chunk [frame_start, frame_start+length) of a ``clip_length``-frame clip that this
     chunk scores: chunks as ``VideoClipTestDataset.chunks`` cuts them, each overlap split at its middle."""
-    from vsrkit.data.video_clip_test_dataset import VideoClipTestDataset  # data imports utils, not vice versa
-
     spans = VideoClipTestDataset.chunks(clip_length, length, chunk_overlap)
     starts = [s for s, _ in spans]
     if frame_start not in starts:
@@ -148,26 +133,14 @@ def average_row(rows: list[dict[str, Any]], name: str = 'average') -> dict[str, 
             **{k: float(np.mean([r[k] for r in rows])) for k in metrics}}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(rows: list[dict[str, Any]], csv_path: str | Path, json_path: str | Path,
                   info: dict[str, Any] | None = None) -> None:
     """Per-clip rows plus the average as CSV and JSON ({'info', 'clips', 'average'}), written atomically."""
     average = average_row(rows)
     columns = list(average)
     lines = [','.join(columns)] + [','.join(str(r[c]) for c in columns) for r in rows + [average]]
-    _atomic_write_text(Path(csv_path), '\n'.join(lines) + '\n')
-    _atomic_write_text(Path(json_path), json.dumps({'info': info or {}, 'clips': rows, 'average': average},
+    atomic_write_text(Path(csv_path), '\n'.join(lines) + '\n')
+    atomic_write_text(Path(json_path), json.dumps({'info': info or {}, 'clips': rows, 'average': average},
                                                    indent=2) + '\n')
 
 
@@ -201,11 +174,6 @@ def evaluate_clips(net: nn.Module | None, dataset: Any, scale: int, metrics: dic
     with ``frames`` and the mean of each metric (``bicubic_<metric>`` beside it when ``compare_bicubic``;
     ``net=None`` scores bicubic only). ``image_dir``: the network's scored frames are written there as
     ``<frame key>.png``."""
-    from basicsr.utils import imwrite
-    from tqdm import tqdm
-
-    from vsrkit.data.video_clips import frames_to_tensor
-
     rows = []
     for clip in tqdm(dataset.clips, desc='clips', unit='clip', disable=not progress):
         keys = clip.keys
@@ -256,8 +224,6 @@ def _dataset_options(args: argparse.Namespace, bench: Benchmark) -> tuple[dict, 
     print(f'{bench.name} not found at {real["dataroot_lq"]} / {real["dataroot_gt"]}: evaluating on the bundled '
           f'sample clips instead ({sample["dataroot_lq"]}); these numbers are NOT {bench.name} results.',
           file=sys.stderr)
-    from vsrkit.data.sample_data import sample_builder_for
-
     found = sample_builder_for(sample['dataroot_gt'])
     if found and not found[1].exists():
         found[0](found[1])
@@ -266,10 +232,6 @@ def _dataset_options(args: argparse.Namespace, bench: Benchmark) -> tuple[dict, 
 
 def benchmark_main(bench: Benchmark, argv: list[str] | None = None, description: str = '') -> int:
     """The command line shared by ``inference_scripts/reds4.py`` and ``vimeo90k.py`` (see their docstrings)."""
-    from vsrkit.data.video_clip_test_dataset import VideoClipTestDataset
-    from vsrkit.utils.image_eval import load_network
-    from vsrkit.utils.train_loop import format_table
-
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--model', help=f'checkpoint (.pth); default {bench.checkpoint} (bicubic only if absent)')
     parser.add_argument('--opt', default=None,
@@ -282,7 +244,7 @@ def benchmark_main(bench: Benchmark, argv: list[str] | None = None, description:
     parser.add_argument('--chunk', type=int, default=None, help='frames per temporal chunk (default: whole clip)')
     parser.add_argument('--chunk-overlap', type=int, default=2, help='frames shared by consecutive chunks')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32', help='autocast dtype (fp16: CUDA only)')
+    parser.add_argument('--dtype', choices=DTYPE_CHOICES, default='fp32', help='autocast dtype (fp16: CUDA only)')
     parser.add_argument('--no-bicubic', action='store_true', help='do not score bicubic upscaling beside')
     parser.add_argument('--out-dir', help='where results.csv / results.json (and images) go; '
                                           f'default results/{bench.name}_<checkpoint name>')
@@ -298,9 +260,7 @@ def benchmark_main(bench: Benchmark, argv: list[str] | None = None, description:
         else:
             net, options = load_network(model, args.opt, device=args.device)  # params_ema preferred
             arch = f"{options['type']} ({model})"
-        dtype = DTYPES[args.dtype]
-        if dtype is torch.float16 and torch.device(args.device).type != 'cuda':
-            raise ValueError('--dtype fp16 needs CUDA; use bf16 or fp32 on CPU')
+        dtype = parse_dtype(args.dtype, args.device)
         data_opt, where = _dataset_options(args, bench)
         dataset = VideoClipTestDataset({**data_opt, 'scale': bench.scale})
         out_dir = Path(args.out_dir) if args.out_dir else \
