@@ -1,7 +1,7 @@
 """IIA-VSR: MIA-VSR's network without the adaptive mask (inter&intra-frame attention on every token).
 
 Released with MIA-VSR (LabShuHangGU/MIA-VSR, ``archs/iia_vsr_arch.py``). Parameter and buffer names match the
-original (no ``predmask``); the building blocks live in ``vsrkit.archs.mia_blocks`` and are the same as
+original (no ``predmask``); the building blocks live in ``vsrkit.archs.mia_*`` and are the same as
 MIA-VSR's, so IIA-VSR equals MIA-VSR with the mask disabled for the same shared weights.
 
 Bug of the original fixed here: (b) its propagation walks every branch backwards in time with
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from vsrkit.archs.mia_blocks import RecurrentInterIntraVSR
+from vsrkit.archs.mia_network import RecurrentInterIntraVSR
 from vsrkit.utils.registry import ARCH_REGISTRY, register
 
 

@@ -1,7 +1,8 @@
 """MIA-VSR: video super-resolution transformer with masked inter&intra-frame attention (CVPR 2024).
 
 Zhou et al., arXiv 2401.06312; original code LabShuHangGU/MIA-VSR. Parameter and buffer names match the
-official checkpoints (strict=True load); the building blocks live in ``vsrkit.archs.mia_blocks``.
+official checkpoints (strict=True load); the building blocks live in ``vsrkit.archs.mia_*``
+(window layout, mask, attention, block, network).
 
 Bugs of the original fixed here (each has a test in tests/test_miavsr_arch.py):
 (a) gradient checkpointing is optional (``use_checkpoint``) and correct: the original always checkpoints and
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from vsrkit.archs.mia_blocks import RecurrentInterIntraVSR
+from vsrkit.archs.mia_network import RecurrentInterIntraVSR
 from vsrkit.utils.registry import ARCH_REGISTRY, register
 
 
@@ -52,7 +53,7 @@ class MIAVSR(RecurrentInterIntraVSR):
             'bicubic' (the last conv then starts at zero, so an untrained net outputs bicubic upscaling).
 
     Runtime attributes: ``sparse_inference`` (default True: in eval a block that keeps less than
-    ``mia_blocks.SPARSE_BELOW`` (95%) of its tokens computes only those, above that computing all and selecting
+    ``mia_block.SPARSE_BELOW`` (95%) of its tokens computes only those, above that computing all and selecting
     is cheaper; False always computes all
     tokens and selects, the dense reference), ``forced_keep_ratio`` (None, or a fraction: in eval keep that
     share of each sample's tokens with the highest logits, e.g. to benchmark untrained weights).

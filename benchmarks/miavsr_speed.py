@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import vsrkit.archs  # noqa: F401
-from vsrkit.archs import mia_blocks
-from vsrkit.archs.mia_blocks import MIN_FLOW_SIZE, MaskControl
+from vsrkit.archs.mia_attention import normalise
+from vsrkit.archs.mia_mask import MaskControl, keep_decision
+from vsrkit.archs.mia_network import MIN_FLOW_SIZE
 from vsrkit.archs.miavsr_arch import MIAVSR
 
 
@@ -154,7 +155,7 @@ def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
     images = [lqs[:, i].repeat(1, -(-c // 3), 1, 1)[:, :c].permute(0, 2, 3, 1).contiguous()
               for i in range(lqs.shape[1])]
     tokens = [layout.windows(image, True) for image in images]
-    aligned = layout.aligned_windows(mia_blocks.normalise(torch.stack(images[:2], 1)), True)
+    aligned = layout.aligned_windows(normalise(torch.stack(images[:2], 1)), True)
     autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     with torch.no_grad(), autocast:
         consts = block.constants(layout)
@@ -170,9 +171,9 @@ def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
                 _sync(device)
                 best[i] = min(best[i], time.perf_counter() - start)
         # keys/values are computed for the windows holding a kept token: the block's own decision, redone here
-        change = (mia_blocks.normalise(tokens[1]) - state.tokens).abs()
+        change = (normalise(tokens[1]) - state.tokens).abs()
         logits = F.linear(change, consts.mask_weight, consts.mask_bias).view(-1, layout.tokens)
-        active = [1.0] + [mia_blocks.keep_decision(logits, 1, False, control).any(1).float().mean().item()
+        active = [1.0] + [keep_decision(logits, 1, False, control).any(1).float().mean().item()
                           for _, control, _ in modes[1:]]
     n, keys = h * w, wt * layout.tokens
     fixed = 2 * n * wt * c * 2 * c

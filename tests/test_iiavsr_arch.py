@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import vsrkit.archs  # noqa: F401  (registers the archs)
-from vsrkit.archs import mia_blocks
+from vsrkit.archs import mia_network
 from vsrkit.archs.iiavsr_arch import IIAVSR
 from vsrkit.archs.miavsr_arch import MIAVSR
 from vsrkit.utils.registry import ARCH_REGISTRY
@@ -65,20 +65,20 @@ def test_bug_b_each_branch_gets_its_own_direction_and_pair(monkeypatch):
     model = IIAVSR(**TINY).eval()
     model.spynet = PairCodeFlow()
     received = []
-    real_warp = mia_blocks.patch_flow_warp
+    real_warp = mia_network.patch_flow_warp
 
     def recording_warp(x, flow, patch):
         received.append(round(flow[0, 0, 32, 32].item(), 5))
         return real_warp(x, flow, patch)
 
-    monkeypatch.setattr(mia_blocks, 'patch_flow_warp', recording_warp)
+    monkeypatch.setattr(mia_network, 'patch_flow_warp', recording_warp)
     lqs = torch.stack([torch.full((3, 64, 64), (k + 1) / 10) for k in range(t)]).unsqueeze(0)
     with torch.no_grad():
         model(lqs)
 
     code = PairCodeFlow.code
     expected = []
-    for branch in mia_blocks.BRANCHES:
+    for branch in mia_network.BRANCHES:
         if branch.startswith('backward'):  # frame i is aligned with frame i+1 (and i+2 through i+1)
             for step, i in enumerate(range(t - 2, -1, -1)):
                 expected.append(code(i, i + 1))

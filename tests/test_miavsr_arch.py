@@ -13,8 +13,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import vsrkit.archs  # noqa: F401  (registers the archs)
-from vsrkit.archs import mia_blocks, miavsr_arch
-from vsrkit.archs.mia_blocks import InterIntraBlock, MaskControl, WindowLayout, normalise
+from vsrkit.archs import mia_attention, mia_block, mia_mask, mia_network, mia_window_layout, miavsr_arch
+from vsrkit.archs.mia_attention import normalise
+from vsrkit.archs.mia_block import InterIntraBlock
+from vsrkit.archs.mia_mask import MaskControl
+from vsrkit.archs.mia_window_layout import WindowLayout
 from vsrkit.archs.miavsr_arch import MIAVSR
 from vsrkit.utils.registry import ARCH_REGISTRY
 
@@ -365,7 +368,7 @@ def test_bug_c_mirror_flag_does_not_leak_between_clips():
 
 
 def test_bug_d_runs_on_cpu_without_cuda_calls():
-    for module in (mia_blocks, miavsr_arch):
+    for module in (mia_attention, mia_block, mia_mask, mia_network, mia_window_layout, miavsr_arch):
         assert not re.search(r'[\w)\]]\.cuda\(', inspect.getsource(module))
     model = MIAVSR(**TINY)
     assert sorted(model.patch_align.keys()) == ['backward_1', 'backward_2', 'forward_1', 'forward_2']

@@ -1,0 +1,156 @@
+"""Inter&intra-frame window attention of MIA-VSR / IIA-VSR (:class:`InterIntraWindowAttention`) and the
+tensors a block derives from its parameters for it (:class:`BlockConstants`); registers nothing.
+
+Queries are the current frame's tokens of a 3x8x8 window, keys/values all 192 tokens of the window (the
+current frame and the two flow-aligned previous outputs), with a relative-position bias table indexed
+(64, 192). The projections take tokens normalised without affine (:func:`normalise`): each block's ``norm1``
+affine is folded into the weights (:meth:`vsrkit.archs.mia_block.InterIntraBlock.constants`). Within a run of
+windows with one shift-mask pattern, attention is one SDPA call per WINDOW_CHUNK windows with a broadcast
+(1, heads, L, S) float mask, which keeps CPU SDPA on its fused kernel.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import nn
+
+from vsrkit.archs.mia_mask import MaskPredictor
+from vsrkit.archs.mia_window_layout import WindowLayout, relative_position_index
+
+WINDOW_CHUNK = 16  # windows a block computes at a time (temporaries of a few MB at the REDS width)
+WHOLE_WINDOW_SLACK = 8  # sparse path: a window missing at most this many kept tokens is computed whole
+
+
+class BlockConstants(NamedTuple):
+    """Tensors a block derives from its parameters for one forward call (:meth:`InterIntraBlock.constants`)."""
+
+    q_weight: torch.Tensor  # query projection with norm1's affine folded in
+    q_bias: torch.Tensor
+    kv_weight: torch.Tensor  # key/value projection with norm1's affine folded in, without bias (see constants)
+    pad_kv: torch.Tensor  # key/value of a padding token relative to the dropped bias
+    proj_bias: torch.Tensor  # output projection bias with the value bias folded in
+    attn_masks: torch.Tensor  # (patterns, L, heads, S): relative-position bias + each shift-mask pattern
+    mask_weight: torch.Tensor | None  # mask predictor weight times |norm1 weight| (None: no predictor)
+    mask_bias: torch.Tensor | None
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm without affine (nn.LayerNorm's eps); the blocks' norm1 affine is folded into their weights."""
+    return F.layer_norm(x, x.shape[-1:])
+
+
+class InterIntraWindowAttention(nn.Module):
+    """Queries: the current frame's Wh*Ww tokens of a window; keys/values: all Wt*Wh*Ww tokens of the window.
+
+    Parameter names follow the original (``qkv`` packs q, k, v; ``predmask`` only with a mask predictor). The
+    projections take normalised tokens and the folded weights of :class:`BlockConstants`.
+    """
+
+    def __init__(self, dim: int, window_size: Sequence[int], num_heads: int, with_mask_predictor: bool) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'embed_dim {dim} is not divisible by num_heads {num_heads}')
+        wt, wh, ww = window_size
+        self.dim = dim
+        self.num_heads = num_heads
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(wt * (2 * wh - 1) * (2 * ww - 1), num_heads))
+        self.register_buffer('relative_position_index', relative_position_index(window_size))
+        self.predmask = MaskPredictor(dim) if with_mask_predictor else None
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        trunc_normal_(self.relative_position_bias_table, std=.02)
+
+    def position_bias(self) -> torch.Tensor:
+        """(heads, L, S) additive bias."""
+        return self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)
+
+    def keys_values(self, windows: torch.Tensor, aligned: torch.Tensor, key_pad: torch.Tensor | None,
+                    consts: BlockConstants) -> torch.Tensor:
+        """(n, S, 2C) keys and values of n windows: windows (n, L, C) and aligned (n, S-L, C) normalised
+        current-frame and aligned-frame tokens; key_pad: (n, S) padding keys or None."""
+        kv = F.linear(torch.cat([aligned, windows], 1), consts.kv_weight)
+        if key_pad is not None:
+            kv[key_pad] = consts.pad_kv.to(kv.dtype)
+        return kv
+
+    def attend(self, queries: torch.Tensor, kv: torch.Tensor, consts: BlockConstants,
+               mask: torch.Tensor) -> torch.Tensor:
+        """Projected attention output (n, l, C) of normalised ``queries`` (n, l, C) on the keys/values of their
+        windows; mask: (1 or n, heads, l, S) additive bias and shift mask."""
+        heads = (self.num_heads, self.dim // self.num_heads)
+        q = F.linear(queries, consts.q_weight, consts.q_bias).unflatten(-1, heads).transpose(1, 2)
+        k = kv[..., :self.dim].unflatten(-1, heads).transpose(1, 2)
+        v = kv[..., self.dim:].unflatten(-1, heads).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+        return F.linear(out.transpose(1, 2).flatten(2), self.proj.weight, consts.proj_bias)
+
+    def forward(self, windows: torch.Tensor, aligned: torch.Tensor, key_pad: torch.Tensor | None,
+                consts: BlockConstants, mask: torch.Tensor) -> torch.Tensor:
+        """Projected attention output (n, L, C) of every current-frame token of n windows."""
+        return self.attend(windows, self.keys_values(windows, aligned, key_pad, consts), consts, mask)
+
+    def forward_kept(self, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
+                     layout: WindowLayout, shifted: bool, kept_mask: torch.Tensor, previous: torch.Tensor
+                     ) -> torch.Tensor:
+        """Projected attention output (rows, C) for the kept tokens; the others take ``previous``.
+
+        current: (rows, C) normalised current-frame tokens of the layout of a (shifted) block; aligned:
+        (b*nW, S-L, C); kept_mask: bool (b*nW, L). Windows without a kept token are skipped (not even k/v). A
+        window with at most WHOLE_WINDOW_SLACK tokens not kept is computed whole, with the broadcast mask of
+        its shift pattern. The other windows are sorted by their number of kept tokens and taken WINDOW_CHUNK
+        at a time; a chunk's queries are each window's kept tokens, padded to the chunk's largest count, with
+        their mask rows gathered per query.
+        """
+        out = previous.clone()
+        tokens = layout.tokens
+        windows = current.view(-1, tokens, self.dim)
+        key_pad = layout.key_pad[shifted]
+        kept_counts = kept_mask.sum(1)
+        whole = kept_counts >= tokens - WHOLE_WINDOW_SLACK
+        pattern = layout.window_pattern[shifted]
+        whole_windows = torch.nonzero(whole).squeeze(1)
+        whole_windows = whole_windows[torch.argsort(pattern[whole_windows], stable=True)]
+        partial = torch.nonzero((kept_counts > 0) & ~whole).squeeze(1)
+        partial = partial[torch.argsort(kept_counts[partial], descending=True, stable=True)]
+        every = torch.arange(tokens, device=kept_mask.device)
+        masks = consts.attn_masks.flatten(0, 1)  # (patterns * L, heads, S): a query's mask row to gather
+        computed_rows, computed_values = [], []
+
+        def attend(which: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
+                   mask: torch.Tensor | None) -> None:
+            """Queries at ``positions`` (n, l) of windows ``which``; valid: (n, l) bool, the queries that are
+            kept tokens (the others pad the chunk or are computed and dropped); mask: broadcast, or None to
+            gather per query."""
+            kv = self.keys_values(windows.index_select(0, which), aligned.index_select(0, which),
+                                  None if key_pad is None else key_pad.index_select(0, which), consts)
+            token_rows = which[:, None] * tokens + positions
+            queries = current.index_select(0, token_rows.flatten()).view(*positions.shape, self.dim)
+            if mask is None:  # gathered after k/v: the k/v GEMM measured slower right after this gather
+                mask = masks.index_select(0, (pattern[which, None] * tokens + positions).flatten())
+                mask = mask.view(*positions.shape, *mask.shape[1:]).transpose(1, 2)
+            att = self.attend(queries, kv, consts, mask)
+            computed_rows.append(token_rows[valid])
+            computed_values.append(att[valid])
+
+        runs, sizes = torch.unique_consecutive(pattern[whole_windows], return_counts=True)
+        start = 0
+        for run, size in zip(runs.tolist(), sizes.tolist()):
+            mask = consts.attn_masks[run].transpose(0, 1)[None]
+            for first in range(start, start + size, WINDOW_CHUNK):
+                which = whole_windows[first:min(first + WINDOW_CHUNK, start + size)]
+                attend(which, every.expand(which.numel(), -1), kept_mask.index_select(0, which), mask)
+            start += size
+        if partial.numel():
+            # per window, its kept token positions first (in order), then the others
+            kept_first = torch.argsort((~kept_mask.index_select(0, partial)).to(torch.int8), dim=1, stable=True)
+            caps = kept_counts[partial[::WINDOW_CHUNK]].tolist()  # a chunk's largest count: its first window's
+            for first, cap in zip(range(0, partial.numel(), WINDOW_CHUNK), caps):
+                which = partial[first:first + WINDOW_CHUNK]
+                attend(which, kept_first[first:first + WINDOW_CHUNK, :cap], every[:cap] < kept_counts[which, None],
+                       None)
+        if computed_rows:
+            out.index_copy_(0, torch.cat(computed_rows), torch.cat(computed_values).to(out.dtype))
+        return out

@@ -1,0 +1,200 @@
+"""One (masked) inter&intra-frame attention block of MIA-VSR / IIA-VSR (:class:`InterIntraBlock`), the state it
+hands to itself at the next frame (:class:`BlockState`) and the residual group of blocks (:class:`ResidualGroup`,
+the original's ``RSTB``); registers nothing.
+
+State between frames is passed explicitly as a :class:`BlockState` and returned anew (never a mutated list),
+so a block is a pure function and gradient checkpointing recomputes exactly what the forward pass computed.
+
+In eval mode the kept tokens are gathered and only they go through the query projection, the attention, the
+output projection and the MLP; results are scattered into the reused previous outputs (``sparse`` path).
+Keys/values come from every token of a window that has a kept token (windows without one are skipped). When a
+block keeps SPARSE_BELOW or more of its tokens, computing all of them and selecting is cheaper (measured) and
+is done instead. ``MaskControl.sparse=False`` always computes every token and then selects (the dense
+reference, the same function).
+
+Each block's ``norm1`` affine (g, b) is folded into its projections (W diag(g), W b + c), so the two aligned
+frames, which every block of a step attends to, are normalised and partitioned once per step
+(:meth:`InterIntraBlock.constants`).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from torch import nn
+
+from vsrkit.archs.mia_attention import WINDOW_CHUNK, BlockConstants, InterIntraWindowAttention, normalise
+from vsrkit.archs.mia_mask import MaskControl, keep_decision
+from vsrkit.archs.mia_window_layout import WindowLayout
+
+# eval: gather/scatter below this share of kept tokens; above, computing all and selecting is cheaper. Measured
+# (one block, 2 threads): at keep 0.6-0.9 gathering beats computing all by 5-25 % at 64x64 and 180x320 LR
+SPARSE_BELOW = 0.95
+
+
+class BlockState(NamedTuple):
+    """What a block hands to the same block at the next frame (all detached, as in the original); rows in the
+    block's window layout (see :class:`WindowLayout`)."""
+
+    tokens: torch.Tensor  # current-frame tokens normalised before norm1's affine, zero at padding (R, C)
+    attn_out: torch.Tensor  # attention-projection output (R, C)
+    mlp_out: torch.Tensor  # MLP output, after drop path (R, C)
+
+
+
+def _select(new: torch.Tensor, old: torch.Tensor, keep_weight: torch.Tensor,
+            kept_mask: torch.Tensor | None) -> torch.Tensor:
+    """Rows of ``new`` where kept, of ``old`` elsewhere: a straight-through blend with the float 0/1
+    ``keep_weight`` (n, L) in training (``kept_mask`` None); in eval, ``old``'s rows copied over the rows of
+    ``new`` where the bool ``kept_mask`` (n, L) is False (``new``, a fresh output that nothing saves for
+    backward, is overwritten: a third of the time of torch.where, measured)."""
+    if kept_mask is None:
+        keep_weight = keep_weight.reshape(-1, 1)
+        return new * keep_weight + old * (1 - keep_weight)
+    reused_rows = torch.nonzero(~kept_mask.reshape(-1)).squeeze(1)
+    return new.index_copy_(0, reused_rows, old.index_select(0, reused_rows))
+
+
+class InterIntraBlock(nn.Module):
+    """One (masked) inter&intra-frame attention block; odd blocks shift the windows by half a window.
+
+    forward(x, aligned, consts, layout, state, control) -> (x, new_state or None, keep_ratio or None)
+      x: (rows, C) current-frame tokens in this block's window layout (``layout.windows(image, shifted)``);
+      aligned: (b*nW, 2L, C) the two aligned frames in the same layout, normalised without affine
+      (``layout.aligned_windows(normalise(tokens), shifted)``); consts: ``self.constants(layout)``. The new
+      state is None when no mask will read it (no predictor, or ``use_mask`` off).
+
+    The block runs WINDOW_CHUNK windows at a time from the norm to the MLP, so its temporaries are a few MB
+    whatever the frame size, and a chunk's keys/values stay in a core's L2 cache (measured: 16 windows per
+    chunk made the masked block ~20% faster than 32; the unmasked one is the same).
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: Sequence[int], shifted: bool, mlp_ratio: float,
+                 drop_path: float, with_mask_predictor: bool) -> None:
+        super().__init__()
+        self.window_size = tuple(window_size)
+        self.shifted = shifted
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = InterIntraWindowAttention(dim, window_size, num_heads, with_mask_predictor)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def constants(self, layout: WindowLayout) -> BlockConstants:
+        """The folded projections and the attention masks for one forward call (differentiable).
+
+        W (g x + b) + c = (W diag g) x + (W b + c) for a normalised token x. The key/value projection has no
+        bias, which spares a pass over the largest tensor of a block: adding the same vector to every key
+        shifts each query's scores by a constant (softmax is unchanged), and to every value shifts the output
+        by it (folded into the output projection's bias). Padding tokens, zero after the original's norm, have
+        k/v = c, i.e. ``pad_kv = -(W b)`` relative to the dropped (W b + c).
+        """
+        dim = self.attn.dim
+        qkv, proj, scale = self.attn.qkv, self.attn.proj, self.norm1.weight
+        weight = qkv.weight * scale
+        bias = F.linear(self.norm1.bias, qkv.weight, qkv.bias)
+        bias_rows = self.attn.position_bias().transpose(0, 1)  # (L, heads, S)
+        masks = (bias_rows + layout.shift_masks[self.shifted][:, :, None]).contiguous()
+        mask_weight = mask_bias = None
+        if self.attn.predmask is not None:
+            # |(g a + b) - (g a' + b)| = |g| |a - a'|; the original detaches the predictor's input
+            mask_weight = self.attn.predmask.rnn.weight * scale.detach().abs()
+            mask_bias = self.attn.predmask.rnn.bias
+        return BlockConstants(weight[:dim], bias[:dim], weight[dim:], qkv.bias[dim:] - bias[dim:],
+                              F.linear(bias[2 * dim:], proj.weight, proj.bias), masks, mask_weight, mask_bias)
+
+    def forward(self, x: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants, layout: WindowLayout,
+                state: BlockState | None, control: MaskControl
+                ) -> tuple[torch.Tensor, BlockState | None, torch.Tensor | None]:
+        shifted = self.shifted
+        current = normalise(x)
+        if layout.has_padding:  # the original zero-pads after the norm
+            current.index_fill_(0, layout.pad_rows[shifted], 0.0)
+
+        keep_weight = kept_mask = None  # float 0/1 (b*nW, L) decisions; in eval also as bool
+        if control.use_mask and consts.mask_weight is not None and state is not None:
+            change = torch.sub(current.detach(), state.tokens).abs_()
+            logits = F.linear(change, consts.mask_weight, consts.mask_bias)
+            keep_weight = keep_decision(logits.view(-1, layout.tokens), layout.batch, self.training, control)
+            if not self.training:
+                kept_mask = keep_weight.bool()
+                if layout.has_padding:  # padding tokens are cropped from the output: never worth computing
+                    kept_mask &= ~layout.pad[shifted]
+
+        with_state = control.use_mask and consts.mask_weight is not None
+        if kept_mask is not None and control.sparse and int(kept_mask.sum()) < SPARSE_BELOW * kept_mask.numel():
+            x, attn_out, hidden = self._forward_kept(x, current, aligned, consts, layout, state, kept_mask)
+        else:
+            x, attn_out, hidden = self._forward_all(x, current, aligned, consts, layout, state, keep_weight,
+                                                    kept_mask, with_state)
+        ratio = None if keep_weight is None else keep_weight.mean()
+        new_state = BlockState(current.detach(), attn_out.detach(), hidden.detach()) if with_state else None
+        return x, new_state, ratio
+
+    def _forward_all(self, x: torch.Tensor, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
+                     layout: WindowLayout, state: BlockState | None, keep_weight: torch.Tensor | None,
+                     kept_mask: torch.Tensor | None, with_state: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Every token computed, chunk by chunk; with a mask, tokens not kept take the previous outputs."""
+        tokens, dim = layout.tokens, x.shape[-1]
+        windows = current.view(-1, tokens, dim)
+        key_pad = layout.key_pad[self.shifted]
+        # per-sample stochastic depth factors, drawn once for the frame as DropPath on the whole frame would
+        drop = [self.drop_path(x.new_ones(layout.batch, 1)) for _ in range(2)] if self.training else None
+        outs, attn_outs, hiddens = [], [], []
+        for start, stop, pattern in layout.groups[self.shifted]:
+            mask = consts.attn_masks[pattern].transpose(0, 1)[None]  # (1, heads, L, S): broadcast
+            sample = start // layout.windows_per_sample
+            for first in range(start, stop, WINDOW_CHUNK):
+                win = slice(first, min(first + WINDOW_CHUNK, stop))
+                row = slice(win.start * tokens, win.stop * tokens)
+                attn_out = self.attn(windows[win], aligned[win], None if key_pad is None else key_pad[win], consts,
+                                     mask).view(-1, dim)
+                if keep_weight is not None:
+                    attn_out = _select(attn_out, state.attn_out[row], keep_weight[win],
+                                       None if kept_mask is None else kept_mask[win])
+                y = x[row] + (attn_out if drop is None else attn_out * drop[0][sample])
+                hidden = self.mlp(self.norm2(y))
+                if drop is not None:
+                    hidden = hidden * drop[1][sample]
+                if keep_weight is not None:
+                    hidden = _select(hidden, state.mlp_out[row], keep_weight[win],
+                                     None if kept_mask is None else kept_mask[win])
+                outs.append(y + hidden)
+                attn_outs.append(attn_out)
+                hiddens.append(hidden)
+        if not with_state:
+            return torch.cat(outs), None, None
+        return torch.cat(outs), torch.cat(attn_outs), torch.cat(hiddens)
+
+    def _forward_kept(self, x: torch.Tensor, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
+                      layout: WindowLayout, state: BlockState, kept_mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eval: only kept tokens go through q, attention, projection and MLP (gather/scatter)."""
+        attn_out = self.attn.forward_kept(current, aligned, consts, layout, self.shifted, kept_mask, state.attn_out)
+        x = x + attn_out
+        kept_rows = torch.nonzero(kept_mask.flatten()).squeeze(1)
+        mlp = [self.mlp(self.norm2(chunk))
+               for chunk in x.index_select(0, kept_rows).split(WINDOW_CHUNK * layout.tokens)]
+        hidden = state.mlp_out.index_copy(0, kept_rows, torch.cat(mlp).to(state.mlp_out.dtype))
+        return x + hidden, attn_out, hidden
+
+
+class _BlockList(nn.Module):
+    """Holds ``blocks`` so that parameter names read ``residual_group.blocks.N`` as in the checkpoints."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+
+class ResidualGroup(nn.Module):
+    """Blocks, a 3x3 conv, and a residual connection around them (the original's ``RSTB``)."""
+
+    def __init__(self, blocks: list[InterIntraBlock], dim: int) -> None:
+        super().__init__()
+        self.residual_group = _BlockList(blocks)
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
+

@@ -1,0 +1,327 @@
+"""The network shared by MIA-VSR (``MIAVSR``) and IIA-VSR (``IIAVSR``): :class:`RecurrentInterIntraVSR` and its
+propagation branch :class:`PatchAlignTransformer`; registers nothing (the ``*_arch.py`` files do).
+
+Layout of one propagation branch (the original's ``SwinIRFM``): the current frame's features and the two
+flow-aligned previous ones (patch alignment, :func:`patch_flow_warp`) are layer-normed (``patch_embed.norm``),
+then residual groups of :class:`~vsrkit.archs.mia_block.InterIntraBlock` update the *current* frame's tokens
+only, in window rows (:class:`~vsrkit.archs.mia_window_layout.WindowLayout`; the picture is there).
+
+How the function is arranged for speed (the CPU profile of a straightforward version was dominated by
+copies: per-block rolls, pads, partitions, concatenations and gathers; see benchmarks/miavsr_speed.py):
+- tokens stay in window rows through the blocks of a residual group; only the group's convolution sees the
+  image layout;
+- the two aligned frames, which every block of a step attends to, are normalised and partitioned once per
+  step (each block's norm1 affine is folded into its projections);
+- the folded weights and the attention masks (:meth:`PatchAlignTransformer.constants`) are derived once per
+  forward call of a branch.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import vsrkit.utils  # noqa: F401  (basicsr compatibility shim before the basicsr import)
+from basicsr.archs.arch_util import flow_warp
+from basicsr.archs.spynet_arch import SpyNet
+from vsrkit.archs.mia_attention import BlockConstants, normalise
+from vsrkit.archs.mia_block import BlockState, InterIntraBlock, ResidualGroup
+from vsrkit.archs.mia_mask import MaskControl
+from vsrkit.archs.mia_window_layout import WindowLayout
+
+
+def patch_flow_warp(x: torch.Tensor, flow: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """Patch alignment: average the flow over each patch (reflect-padded to the patch multiple) and warp
+    ``x`` (n, c, h, w) with nearest-neighbour sampling, so every patch moves as one piece."""
+    h, w = flow.shape[-2:]
+    padded = F.pad(flow, (0, (-w) % patch[1], 0, (-h) % patch[0]), mode='reflect')
+    pooled = F.avg_pool2d(padded, patch)
+    flow = pooled.repeat_interleave(patch[0], dim=2).repeat_interleave(patch[1], dim=3)[..., :h, :w]
+    return flow_warp(x, flow.permute(0, 2, 3, 1), interp_mode='nearest', padding_mode='zeros', align_corners=True)
+
+
+
+class _Norm(nn.Module):
+    """Holds ``norm`` so that the name reads ``patch_embed.norm`` as in the checkpoints."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+
+class PatchAlignTransformer(nn.Module):
+    """One propagation branch (the original's ``SwinIRFM``): refines the current frame given two aligned ones.
+
+    forward(frames, states, control, layout, constants, use_checkpoint) -> (features, new_states, keep_ratios)
+      frames: (n, 3, C, h, w) = [aligned t-2, aligned t-1, current]; states: one BlockState per block or None
+      (first frame); constants: ``self.constants(layout)``; keep_ratios: one entry per block (None where no
+      mask acted).
+
+    ``conv_first``, ``conv_first_feat`` and ``conv_before_upsample`` exist only so that official checkpoints
+    load with strict=True: the original applies them only to 3- or 64-channel inputs (never at embed_dim
+    channels) or when a ``ref`` flag is set that MIA-VSR never sets. They are frozen (requires_grad=False).
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int, embed_dim: int, depths: Sequence[int],
+                 num_heads: Sequence[int], window_size: Sequence[int], mlp_ratio: float, drop_path_rate: float,
+                 with_mask_predictor: bool) -> None:
+        super().__init__()
+        if len(depths) != len(num_heads):
+            raise ValueError(f'depths {list(depths)} and num_heads {list(num_heads)} must have the same length')
+        self.conv_first = nn.Conv2d(in_channels, embed_dim, 3, 1, 1)
+        self.conv_first_feat = nn.Conv2d(mid_channels, embed_dim, 3, 1, 1)
+        self.patch_embed = _Norm(embed_dim)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.ModuleList()
+        start = 0
+        for depth, heads in zip(depths, num_heads):
+            blocks = [InterIntraBlock(embed_dim, heads, window_size, shifted=i % 2 == 1, mlp_ratio=mlp_ratio,
+                                      drop_path=rates[start + i], with_mask_predictor=with_mask_predictor)
+                      for i in range(depth)]
+            self.layers.append(ResidualGroup(blocks, embed_dim))
+            start += depth
+        self.norm = nn.LayerNorm(embed_dim)
+        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
+        self.conv_before_upsample = nn.Conv2d(embed_dim, mid_channels, 3, 1, 1)
+        self.apply(_init_weights)
+        self._constants: tuple[WindowLayout, list, list[BlockConstants]] | None = None  # see constants()
+        for unused in (self.conv_first, self.conv_first_feat, self.conv_before_upsample):
+            unused.requires_grad_(False)
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(len(layer.residual_group.blocks) for layer in self.layers)
+
+    def constants(self, layout: WindowLayout) -> list[BlockConstants]:
+        """Every block's :class:`BlockConstants` for a forward call of the branch.
+
+        In training or with autograd on they are derived afresh (differentiable). In eval without autograd
+        they are kept for the next call with the same layout while no parameter or buffer changes: a tensor
+        replaced (``to``, ``load_state_dict(assign=True)``) has another address, one updated in place
+        (``load_state_dict``, an optimiser step) another version.
+        """
+        def derive() -> list[BlockConstants]:
+            with torch.autocast(layout.device.type, enabled=False):  # folded weights keep the parameters' dtype
+                return [block.constants(layout) for layer in self.layers for block in layer.residual_group.blocks]
+
+        if self.training or torch.is_grad_enabled():
+            return derive()
+        versions = [(t.data_ptr(), t._version) for t in itertools.chain(self.parameters(), self.buffers())]
+        if self._constants is None or self._constants[0] is not layout or self._constants[1] != versions:
+            self._constants = (layout, versions, derive())
+        return self._constants[2]
+
+    def forward(self, frames: torch.Tensor, states: list[BlockState] | None, control: MaskControl,
+                layout: WindowLayout, constants: list[BlockConstants], use_checkpoint: bool
+                ) -> tuple[torch.Tensor, list[BlockState], list[torch.Tensor | None]]:
+        center = frames[:, -1]
+        tokens = self.patch_embed.norm(frames.permute(0, 1, 3, 4, 2))
+        # every block attends to the same aligned frames: normalised and partitioned once per step
+        aligned = normalise(tokens[:, :-1])
+        aligned = [layout.aligned_windows(aligned, shifted) for shifted in (False, True)]
+        x = tokens[:, -1]
+        new_states, ratios = [], []
+        block_index = 0
+        for layer in self.layers:
+            shortcut = x
+            blocks = layer.residual_group.blocks
+            shifted = blocks[0].shifted
+            x_rows = layout.windows(x, shifted)
+            for block in blocks:
+                if block.shifted != shifted:
+                    shifted = block.shifted
+                    x_rows = layout.switch(x_rows, shifted)
+                state = None if states is None else states[block_index]
+                args = (x_rows, aligned[shifted], constants[block_index], layout, state, control)
+                if use_checkpoint and self.training and torch.is_grad_enabled():
+                    x_rows, state, ratio = checkpoint(block, *args, use_reentrant=False)
+                else:
+                    x_rows, state, ratio = block(*args)
+                new_states.append(state)
+                ratios.append(ratio)
+                block_index += 1
+            x = layer.conv(layout.image(x_rows, shifted).permute(0, 3, 1, 2)).permute(0, 2, 3, 1) + shortcut
+        features = self.norm(x).permute(0, 3, 1, 2)
+        return self.conv_after_body(features) + center, new_states, ratios
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+BRANCHES = ('backward_1', 'forward_1', 'backward_2', 'forward_2')
+MIN_FLOW_SIZE = 64  # the original asserts LR frames of at least 64 px (SpyNet); smaller frames are padded
+
+
+class RecurrentInterIntraVSR(nn.Module):
+    """The network shared by MIA-VSR and IIA-VSR; ``MIAVSR`` and ``IIAVSR`` document the arguments.
+
+    Second-order propagation over four branches (backward_1 <- spatial features, forward_1 <- backward_1,
+    backward_2 <- forward_1, forward_2 <- backward_2); each step conditions the branch's transformer on the
+    current frame and its own outputs of the two previous steps, patch-warped with SpyNet flows (the
+    second-order flow composed as in BasicVSR++). Reconstruction reads forward_2 only.
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int, embed_dim: int, depths: Sequence[int],
+                 num_heads: Sequence[int], window_size: Sequence[int], num_frames: int, patch_size: int,
+                 mlp_ratio: float, drop_path_rate: float, is_low_res_input: bool, with_mask_predictor: bool,
+                 use_mask: bool, gumbel_noise: bool, mask_temperature: float, spynet_path: str | None,
+                 use_checkpoint: bool, skip: str = 'bilinear') -> None:
+        super().__init__()
+        name = type(self).__name__
+        if skip not in ('bilinear', 'bicubic'):
+            raise ValueError(f"{name}: skip must be 'bilinear' (the original) or 'bicubic', got {skip!r}")
+        if not is_low_res_input:
+            raise ValueError(f'{name}: is_low_res_input=False is not supported (the original never builds its '
+                             'feature extractor for HR input); pass LR frames and is_low_res_input=True')
+        if patch_size != 1:
+            raise ValueError(f'{name}: patch_size must be 1 (every LR pixel is a token), got {patch_size}')
+        if len(window_size) != 3 or num_frames != 3 or window_size[0] != num_frames:
+            raise ValueError(f'{name}: num_frames must be 3 (current + two aligned frames) and window_size '
+                             f'(3, h, w); got num_frames={num_frames}, window_size={list(window_size)}')
+        if spynet_path is not None and not Path(spynet_path).is_file():
+            raise FileNotFoundError(f'{name}: spynet_path {spynet_path!r} does not exist')
+        self.mid_channels = mid_channels
+        self.embed_dim = embed_dim
+        self.window_size = tuple(window_size)
+        self.use_checkpoint = use_checkpoint
+        self.use_mask = use_mask
+        self.gumbel_noise = gumbel_noise
+        self.mask_temperature = mask_temperature
+        self.sparse_inference = True
+        self.forced_keep_ratio: float | None = None
+
+        self.conv_before_upsample = nn.Conv2d(embed_dim, mid_channels, 3, 1, 1)
+        self.spynet = SpyNet(load_path=spynet_path)
+        self.conv_first = nn.Conv2d(in_channels, embed_dim, 3, 1, 1)
+        self.patch_align = nn.ModuleDict({
+            branch: PatchAlignTransformer(in_channels, mid_channels, embed_dim, depths, num_heads, window_size,
+                                          mlp_ratio, drop_path_rate, with_mask_predictor)
+            for branch in BRANCHES})
+        self.upconv1 = nn.Conv2d(mid_channels, mid_channels * 4, 3, 1, 1)
+        self.upconv2 = nn.Conv2d(mid_channels, mid_channels * 4, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(mid_channels, mid_channels, 3, 1, 1)
+        self.conv_last = nn.Conv2d(mid_channels, in_channels, 3, 1, 1)
+        self.skip = skip
+        if skip == 'bicubic':  # start exactly at bicubic upscaling: the head learns a residual over it
+            nn.init.zeros_(self.conv_last.weight)
+            nn.init.zeros_(self.conv_last.bias)
+        self.in_channels = in_channels
+        self.has_mask_predictor = with_mask_predictor
+        self._layout: WindowLayout | None = None  # the last forward call's, reused for the same shape
+
+    def window_layout(self, batch: int, height: int, width: int, device: torch.device) -> WindowLayout:
+        """The :class:`WindowLayout` of (batch, height, width) frames, kept from the previous call if equal."""
+        layout = self._layout
+        if layout is None or (layout.batch, layout.height, layout.width, layout.device) != (batch, height, width,
+                                                                                            device):
+            self._layout = layout = WindowLayout(batch, height, width, self.window_size, device)
+        return layout
+
+    def mask_control(self) -> MaskControl:
+        if self.forced_keep_ratio is not None and not 0.0 <= self.forced_keep_ratio <= 1.0:
+            raise ValueError(f'forced_keep_ratio must be in [0, 1] or None, got {self.forced_keep_ratio}')
+        return MaskControl(self.use_mask, self.gumbel_noise, self.mask_temperature, self.sparse_inference,
+                           self.forced_keep_ratio)
+
+    def compute_flows(self, lqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flows_backward, flows_forward), each (n, t-1, 2, h, w): backward[:, i] warps frame i+1 onto frame
+        i, forward[:, i] warps frame i onto frame i+1. A mirror-extended clip (second half = first half
+        reversed) reuses the backward flows; that is decided per call, never remembered."""
+        n, t, c, h, w = lqs.shape
+        first, second = lqs[:, :-1].reshape(-1, c, h, w), lqs[:, 1:].reshape(-1, c, h, w)
+        backward = self.spynet(first, second).view(n, t - 1, 2, h, w)
+        mirrored = t % 2 == 0 and torch.equal(lqs[:, :t // 2], lqs[:, t // 2:].flip(1))
+        forward = backward.flip(1) if mirrored else self.spynet(second, first).view(n, t - 1, 2, h, w)
+        return backward, forward
+
+    def propagate(self, branch: str, inputs: list[torch.Tensor], flows: torch.Tensor, control: MaskControl,
+                  layout: WindowLayout) -> tuple[list[torch.Tensor], list[list[torch.Tensor | None]]]:
+        """Run one branch over the clip; returns its per-frame features (in time order) and keep ratios per
+        step (in processing order)."""
+        t = len(inputs)
+        backward = branch.startswith('backward')
+        order = range(t - 1, -1, -1) if backward else range(t)
+        # flows[:, flow_of[i]] aligns the previously processed frame to frame i
+        flow_of = (lambda i: i) if backward else (lambda i: i - 1)
+        module = self.patch_align[branch]
+        constants = module.constants(layout)
+        patch = self.window_size[1:]
+        outputs, states, ratios = [], None, []
+        for step, idx in enumerate(order):
+            current = inputs[idx]
+            if step == 0:
+                frames = torch.stack([current, current, current], dim=1)
+            else:
+                flow_n1 = flows[:, flow_of(idx)]
+                cond_n1 = patch_flow_warp(outputs[-1], flow_n1, patch)
+                cond_n2 = cond_n1
+                if step > 1:
+                    prev_idx = order[step - 1]
+                    flow_n2 = flow_n1 + flow_warp(flows[:, flow_of(prev_idx)], flow_n1.permute(0, 2, 3, 1))
+                    cond_n2 = patch_flow_warp(outputs[-2], flow_n2, patch)
+                frames = torch.stack([cond_n2, cond_n1, current], dim=1)
+            feature, states, step_ratios = module(frames, states, control, layout, constants, self.use_checkpoint)
+            outputs.append(feature)
+            ratios.append(step_ratios)
+        return (outputs[::-1] if backward else outputs), ratios
+
+    def reconstruct(self, lq: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        hr = self.conv_before_upsample(feature)
+        hr = F.leaky_relu(F.pixel_shuffle(self.upconv1(hr), 2), 0.1)
+        hr = F.leaky_relu(F.pixel_shuffle(self.upconv2(hr), 2), 0.1)
+        hr = F.leaky_relu(self.conv_hr(hr), 0.1)
+        return self.conv_last(hr) + F.interpolate(lq, scale_factor=4, mode=self.skip, align_corners=False)
+
+    def forward(self, lqs: torch.Tensor, return_keep_ratios: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """lqs: (n, t, C, h, w) LR clip in [0, 1]. Returns the (n, t, C, 4h, 4w) output and, when asked, the
+        keep ratios: a (4 branches, t-1 frames, blocks) tensor (training: differentiable through the
+        straight-through estimator), or None when no mask acts (IIA-VSR, ``use_mask=False``, t == 1)."""
+        if lqs.dim() != 5 or lqs.shape[2] != self.in_channels:
+            raise ValueError(f'{type(self).__name__} expects (n, t, {self.in_channels}, h, w) input, '
+                             f'got {tuple(lqs.shape)}')
+        n, t, c, h, w = lqs.shape
+        padded = _pad_to_min_size(lqs, MIN_FLOW_SIZE)
+        hp, wp = padded.shape[-2:]
+        control = self.mask_control()
+        spatial = self.conv_first(padded.flatten(0, 1)).view(n, t, -1, hp, wp).unbind(1)
+        if t > 1:
+            flows_backward, flows_forward = self.compute_flows(padded)
+        else:
+            flows_backward = flows_forward = padded.new_zeros(n, 0, 2, hp, wp)
+        layout = self.window_layout(n, hp, wp, padded.device)
+        features, all_ratios = list(spatial), []
+        for branch in BRANCHES:
+            flows = flows_backward if branch.startswith('backward') else flows_forward
+            features, ratios = self.propagate(branch, features, flows, control, layout)
+            all_ratios.append(ratios[1:])  # the first processed frame has no previous state: no mask
+        out = torch.stack([self.reconstruct(padded[:, i], features[i]) for i in range(t)], dim=1)
+        out = out[..., :4 * h, :4 * w]
+        if not return_keep_ratios:
+            return out
+        if t == 1 or not (control.use_mask and self.has_mask_predictor):
+            return out, None
+        return out, torch.stack([torch.stack([torch.stack(step) for step in ratios]) for ratios in all_ratios])
+
+
+def _pad_to_min_size(lqs: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Pad frames smaller than ``min_size`` at the bottom/right (reflect where possible) for SpyNet."""
+    n, t, c, h, w = lqs.shape
+    pad_h, pad_w = max(0, min_size - h), max(0, min_size - w)
+    if not pad_h and not pad_w:
+        return lqs
+    mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
+    return F.pad(lqs.flatten(0, 1), (0, pad_w, 0, pad_h), mode=mode).view(n, t, c, h + pad_h, w + pad_w)
