@@ -1,15 +1,19 @@
-"""MaxEntLoss: the spatio-temporal fusion project's "Maximum Entropy Principle" loss (its LossMEP), both releases.
+"""MaxEntLoss: the spatio-temporal fusion project's "Maximum Entropy Principle" loss (its LossMEP), every release.
 
-The project published two different functions under the one name:
+The project published three different functions under the one name:
 
 - ``form='entropy'`` (released v1.0 / v2.0, default alpha 0.5):
   ``(1 - alpha) * MSE + alpha * H``, with ``H = -sum_c p_c log p_c`` the entropy of the softmax of the prediction
   over its channels, averaged over pixels and images. The term is *added*, so minimising the loss *minimises* the
   entropy (it pushes each pixel towards one dominant channel), despite the name. That sign is the published
   function and is kept; pass a smaller alpha to weaken it.
-- ``form='tv'`` (v3.0, "corrected math", default alpha 0.1):
+- ``form='tv'`` (the repository head, "corrected math", default alpha 0.1):
   ``(1 - alpha) * MSE + alpha * TV``, ``TV = (sum |d/dx| + sum |d/dy|) / (B * H * W)`` with forward differences of
   the prediction, summed over channels too (the divisor does not count channels).
+- tag v3.0 (the first "corrected math" release) computes a different TV form, ``MSE + a * TV`` (default a 0.5, its
+  main.py passes 0.2): the MSE term is not scaled by ``1 - a``. It is the head's form with ``alpha = a / (1 + a)``
+  and ``loss_weight = 1 + a``, so v3.0's loss is ``MaxEntLoss(form='tv', alpha=a / (1 + a), loss_weight=1 + a)``
+  (e.g. a = 0.2: alpha = 1/6, loss_weight = 1.2), not ``form='tv', alpha=a``.
 
 Clips (B, T, C, H, W) are scored frame by frame (B * T images, so the TV divisor is B * T * H * W).
 """
@@ -48,8 +52,9 @@ class MaxEntLoss(nn.Module):
         reduction: 'none' returns the per-image loss, (B,) for images and (B, T) for clips; 'mean' (the published
             function) and 'sum' reduce it over images/frames.
         alpha: weight of the regulariser in [0, 1]; None takes the published default of ``form``
-            (0.5 for 'entropy', 0.1 for 'tv').
-        form: 'entropy' (releases v1.0/v2.0) or 'tv' (v3.0); see the module docstring.
+            (0.5 for 'entropy', 0.1 for 'tv' as at the repository head).
+        form: 'entropy' (releases v1.0/v2.0) or 'tv' (the repository head's form; tag v3.0's ``MSE + a * TV`` is
+            ``form='tv', alpha=a / (1 + a), loss_weight=1 + a``); see the module docstring.
 
     ``forward(pred, target, weight=None)``: no weight map is supported (the regulariser has no per-pixel
     target to weight), so passing one raises ValueError.

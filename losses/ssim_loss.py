@@ -7,8 +7,10 @@ where the window lies inside the image (skimage filters with 'reflect' padding a
 which is the same as a 'valid' convolution), averaged over that region and over channels. It is implemented as a
 separable depthwise convolution so it runs on any device and back-propagates.
 
-``SSIMLoss`` is ``loss_weight * ((1 - alpha) * MSE + alpha * (1 - SSIM))``: ``alpha=1`` is plain 1 - SSIM,
-``alpha=0.1`` is the spatio-temporal fusion project's published SSIMLoss (computed per frame, data_range 1).
+``SSIMLoss`` is ``loss_weight * ((1 - alpha) * MSE + alpha * (1 - SSIM))``, computed per frame, which is the
+spatio-temporal fusion project's SSIMLoss (data_range 1) in every release; only the published alpha differs:
+``alpha=1`` (plain 1 - SSIM) is releases v1.0/v2.0, ``alpha=0.5`` is tag v3.0's default (its main.py passes 0.2),
+``alpha=0.1`` the repository head's default.
 """
 from __future__ import annotations
 
@@ -96,8 +98,9 @@ class SSIMLoss(nn.Module):
         window_size: taps of the Gaussian window (odd). skimage's window for ``sigma`` is
             ``2 * int(3.5 * sigma + 0.5) + 1``, i.e. 11 for the default 1.5.
         sigma: standard deviation of the Gaussian window.
-        alpha: weight of the (1 - SSIM) term in [0, 1]; the MSE term gets 1 - alpha. 1.0 is pure 1 - SSIM,
-            0.1 the spatio-temporal fusion project's SSIMLoss.
+        alpha: weight of the (1 - SSIM) term in [0, 1]; the MSE term gets 1 - alpha. 1.0 is pure 1 - SSIM (the
+            spatio-temporal fusion project's v1.0/v2.0), 0.5 its v3.0 default (0.2 in v3.0's main.py), 0.1 its
+            repository head's default.
 
     ``forward(pred, target, weight=None)``: ``weight`` has pred's layout with 1 or C channels,
     (B, 1|C, H, W) or (B, T, 1|C, H, W). Each image's terms become weighted means: the MSE term over all pixels
