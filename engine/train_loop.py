@@ -7,6 +7,7 @@ One iteration is one optimizer step over ``accumulate_grad_batches`` micro-batch
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -31,11 +32,21 @@ from vsrkit.utils.dist import DistInfo, any_rank, barrier, cleanup, init_distrib
 from vsrkit.engine.option_checks import check_options
 from vsrkit.engine.options import dump_options, load_options
 from vsrkit.evaluation.tables import validation_table
+from vsrkit.models.base import unwrap
 from vsrkit.utils.signature import OptionsError
 from vsrkit.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
 logger = logging.getLogger('vsrkit')
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# the checkout this module runs from (train.py beside engine/): relative paths in options resolve against it, from
+# train.py and from the vsrkit-train entry point alike, whatever the working directory
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def default_root() -> Path:
+    """The root relative option paths resolve against: the checkout; the working directory for a copy installed
+    without one (a wheel)."""
+    return CHECKOUT if (CHECKOUT / 'train.py').is_file() else Path.cwd()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -157,6 +168,11 @@ class Trainer:
         if info.is_main and self.logger_opt.get('use_tb_logger', True):
             self.tb = SummaryWriter(opt['path']['tb_logger'])
         self.history = Path(opt['path']['experiments_root']) / 'train_log.jsonl'
+        # logger.rank_log: every process logs its own view (samples, unreduced losses, a digest of its weights), so
+        # a DDP run can be checked: disjoint shards, different losses, identical weights
+        self.rank_log = (Path(opt['path']['experiments_root']) / f'train_log_rank{info.rank}.jsonl'
+                         if self.logger_opt.get('rank_log') else None)
+        self.batch_indices: list[int] = []
 
     def build_loaders(self) -> None:
         train_opt = dict(self.opt['datasets']['train'])
@@ -190,7 +206,9 @@ class Trainer:
             self.sampler.set_epoch(epoch, start=skip * batch_size)
             self.train_set.set_epoch(epoch)
             self.loader_seed.manual_seed(self.seed + epoch)
-            for batch in self.loader:
+            order = list(self.sampler) if self.rank_log else []  # the indices the loader reads, in its order
+            for i, batch in enumerate(self.loader):
+                self.batch_indices = order[i * batch_size:(i + 1) * batch_size]
                 yield epoch, batch
             epoch, skip = epoch + 1, 0
 
@@ -215,6 +233,14 @@ class Trainer:
                 for key, value in logs.items():
                     self.tb.add_scalar(f'losses/{key}', value, current_iter)
                 self.tb.add_scalar('lr', lrs[0], current_iter)
+
+    def log_rank(self, model, current_iter: int, epoch: int, samples: list[int]) -> None:
+        digest = hashlib.sha256()
+        for tensor in unwrap(model.net_g).state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+        with self.rank_log.open('a') as handle:
+            handle.write(json.dumps({'iter': current_iter, 'epoch': epoch, 'samples': samples,
+                                     'losses': model.get_current_log(), 'weights_sha256': digest.hexdigest()}) + '\n')
 
     def run(self) -> int:
         opt = self.opt
@@ -247,11 +273,15 @@ class Trainer:
             saved_at = None
             while current_iter < total_iter:
                 current_iter += 1
+                samples = []
                 for _ in range(accumulate):
                     epoch, batch = next(batches)
+                    samples += self.batch_indices
                     model.feed_data(batch)
                     model.optimize_parameters(current_iter)
                 model.update_learning_rate(current_iter)
+                if self.rank_log is not None:
+                    self.log_rank(model, current_iter, epoch, samples)
                 if current_iter % print_freq == 0 or current_iter == total_iter:
                     self.log_iteration(model, current_iter, epoch, progress)
                 progress.pause()
@@ -287,7 +317,7 @@ class Trainer:
 
 def main(argv: list[str] | None = None, root: str | Path | None = None) -> int:
     args = parse_args(argv)
-    root = Path(root) if root is not None else Path.cwd()
+    root = Path(root) if root is not None else default_root()
     try:
         opt = load_options(args.opt, root=root, overrides=args.force_yml, debug=args.debug)
         check_options(opt)
