@@ -2,6 +2,7 @@
 and the fixed bugs of the original (a, c, d, e; b is in test_iiavsr_arch.py)."""
 from __future__ import annotations
 
+import copy
 import glob
 import importlib.util
 import inspect
@@ -313,14 +314,14 @@ def test_masked_inference_skips_work():
 
 
 def test_weights_are_folded_afresh_after_an_update():
-    """The folded projections and the bias/shift masks follow the parameters: kept between eval calls without
-    autograd, derived again after an in-place update (as load_state_dict or an optimiser step does) or a
-    replacement of the tensors; then the network computes what a fresh one with those weights computes."""
+    """The folded projections and the bias/shift masks follow the parameters: after an in-place update (as
+    load_state_dict or an optimiser step does) or a replacement of the tensors, the network computes what a
+    fresh one with those weights computes (in eval and in training mode)."""
     model = tiny_model(gumbel_noise=False).eval()
     lqs = clip_frames(2, (64, 64))
     with torch.no_grad():
         first = model(lqs)
-        assert torch.equal(model(lqs), first)  # from the kept constants
+        assert torch.equal(model(lqs), first)  # deterministic
         for name, p in model.named_parameters():
             if any(k in name for k in ('relative_position_bias_table', 'norm1', 'qkv', 'proj', 'predmask')):
                 p.add_(torch.randn_like(p), alpha=0.5)
@@ -332,6 +333,55 @@ def test_weights_are_folded_afresh_after_an_update():
         model.eval()(lqs)
         model.load_state_dict(tiny_model(gumbel_noise=False).state_dict(), assign=True)
         assert torch.allclose(model(lqs), first, atol=1e-6)
+
+
+def _fresh_copy(model: MIAVSR) -> MIAVSR:
+    """A network built anew with ``model``'s current weights (nothing derived from earlier ones)."""
+    fresh = tiny_model(gumbel_noise=False)
+    fresh.load_state_dict(model.state_dict())
+    return fresh.eval()
+
+
+@pytest.mark.parametrize('write', ['mul_', 'copy_'])
+def test_eval_follows_writes_through_data(write):
+    """Issue 15 item 6: ``p.data.mul_()`` / ``p.data.copy_()`` bump no version counter that autograd sees; the
+    next eval forward must use the new weights all the same (and equal a network built with them)."""
+    model = tiny_model(gumbel_noise=False).eval()
+    lqs = clip_frames(2, (64, 64))
+    other = tiny_model(gumbel_noise=False)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p), alpha=0.3)
+        before = model(lqs)
+        assert torch.equal(model(lqs), before)
+    for (name, p), q in zip(model.named_parameters(), other.parameters()):
+        if '.attn.' in name or '.norm1.' in name:  # the weights the blocks fold (the old cache went stale)
+            p.data.mul_(1.5) if write == 'mul_' else p.data.copy_(q.data)
+    with torch.no_grad():
+        after = model(lqs)
+        expected = _fresh_copy(model)(lqs)
+    assert not torch.allclose(after, before, atol=1e-4)
+    torch.testing.assert_close(after, expected, atol=1e-6, rtol=0)
+
+
+def test_eval_follows_an_ema_update_through_data():
+    """An EMA network updated as BasicSR's ``model_ema`` does (``ema.data.mul_(d).add_(p.data, alpha=1 - d)``)
+    after it has run in eval: its next eval output follows the averaged weights."""
+    model = tiny_model(gumbel_noise=False)
+    ema = copy.deepcopy(model).eval()
+    lqs = clip_frames(2, (64, 64))
+    with torch.no_grad():
+        before = ema(lqs)
+        for p in model.parameters():  # a training step's change of the live network
+            p.add_(torch.randn_like(p), alpha=0.3)
+    decay = 0.5
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.data.mul_(decay).add_(p.data, alpha=1 - decay)
+    with torch.no_grad():
+        after = ema(lqs)
+        expected = _fresh_copy(ema)(lqs)
+    assert not torch.allclose(after, before, atol=1e-4)
+    torch.testing.assert_close(after, expected, atol=1e-6, rtol=0)
 
 
 def test_bug_a_checkpointing_gives_the_same_gradients():
