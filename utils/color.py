@@ -45,14 +45,28 @@ def bicubic_frame(lq: torch.Tensor, scale: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(up)).permute(2, 0, 1).float().clamp_(0, 1)
 
 
+def luma_inputs(lr_bgr: np.ndarray, scale: int, upscaled_input: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The first half of :func:`luma_pipeline`: (the network's Y input (h', w', 1) float64, the YCbCr of the
+    MATLAB-bicubic upscale (h·s, w·s, 3) float32 whose Cb/Cr :func:`luma_merge` keeps)."""
+    ycbcr = bgr2ycbcr(bicubic_upscale(lr_bgr, scale).astype(np.float32))
+    y_in = ycbcr[..., :1] if upscaled_input else bgr2ycbcr(lr_bgr.astype(np.float32))[..., :1]
+    return y_in.astype(np.float64), ycbcr
+
+
+def luma_merge(y_out: np.ndarray, ycbcr: np.ndarray) -> np.ndarray:
+    """The second half of :func:`luma_pipeline`: the network's Y (H, W, 1) with the bicubic Cb/Cr → BGR float."""
+    ycbcr = ycbcr.copy()
+    ycbcr[..., :1] = y_out
+    return ycbcr2bgr(ycbcr)
+
+
 def luma_pipeline(run: Callable[[np.ndarray], np.ndarray], lr_bgr: np.ndarray, scale: int,
                   upscaled_input: bool) -> np.ndarray:
     """Super-resolve a BGR float image in [0, 1] (h, w, 3) with a network on the Y channel only.
 
     ``run`` maps a (H, W, 1) float Y image to the network's Y output. ``upscaled_input``: the network takes the
     Y of the MATLAB-bicubic upscale and refines it at the same size (VDSR); otherwise it takes the LR Y and
-    upscales by ``scale`` itself. Cb/Cr come from the bicubic upscale. Returns a BGR float image (h·s, w·s, 3)."""
-    ycbcr = bgr2ycbcr(bicubic_upscale(lr_bgr, scale).astype(np.float32))
-    y_in = ycbcr[..., :1] if upscaled_input else bgr2ycbcr(lr_bgr.astype(np.float32))[..., :1]
-    ycbcr[..., :1] = run(y_in.astype(np.float64))
-    return ycbcr2bgr(ycbcr)
+    upscales by ``scale`` itself. Cb/Cr come from the bicubic upscale. Returns a BGR float image (h·s, w·s, 3).
+    Callers that batch frames (video upscaling) call its two halves, :func:`luma_inputs` and :func:`luma_merge`."""
+    y_in, ycbcr = luma_inputs(lr_bgr, scale, upscaled_input)
+    return luma_merge(run(y_in), ycbcr)
