@@ -3,12 +3,19 @@
 BasicSR's ``VideoRecurrentTestDataset`` accepts only the names vid4/reds4/redsofficial, only the disk backend
 and only with ``cache_data``; this one takes any ``name`` and either backend, and can cut long clips into
 overlapping temporal chunks so that a recurrent model's memory stays bounded.
+
+It also speaks the interface basicsr's recurrent video models validate with (``VideoRecurrentModel``, e.g.
+under basicsr's own train.py): ``data_info`` (one entry per frame: folder, idx, lq_path, gt_path, border) and
+items with ``lq``/``gt``/``folder``/``lq_path``. basicsr's models index their metric tables by the item's frame
+position, so they need whole clips (no ``chunk_size``); ``VideoBaseModel``'s sliding-window validation needs
+one item per frame and stays with basicsr's ``VideoTestDataset``.
 """
 from __future__ import annotations
 
 from torch.utils import data
 
-from vsrkit.data.video_clips import Clip, check_scale, frames_to_tensor, make_frame_store, read_clip_meta_info
+from vsrkit.data.image_store import open_image_store
+from vsrkit.data.video_clips import Clip, check_scale, frames_to_tensor, read_clip_meta_info
 from vsrkit.utils.registry import DATASET_REGISTRY, register
 
 __all__ = ['VideoClipTestDataset']
@@ -36,14 +43,17 @@ class VideoClipTestDataset(data.Dataset):
     Items: ``lq`` (T, C, h, w) and ``gt`` (T, C, H, W) float RGB in [0, 1] (no ``gt`` without dataroot_gt),
     ``folder`` (clip name), ``idx`` ('<first frame>/<clip length>'), ``frame_start`` and ``num_frames_clip``
     (ints, to stitch chunks), ``lq_path`` (the LR frames' keys or file paths).
+    ``data_info``: basicsr's per-frame table (see module docstring).
     """
+
+    required_options = ('dataroot_lq',)  # read by the options check before any run starts
 
     def __init__(self, opt: dict):
         super().__init__()
         owner = f'{type(self).__name__} {opt.get("name", "")!r}'
         self.opt = opt
-        self.lq_store = make_frame_store(opt, 'dataroot_lq', owner)
-        self.gt_store = make_frame_store(opt, 'dataroot_gt', owner) if opt.get('dataroot_gt') else None
+        self.lq_store = open_image_store(opt, 'dataroot_lq', owner)
+        self.gt_store = open_image_store(opt, 'dataroot_gt', owner) if opt.get('dataroot_gt') else None
 
         meta_file = opt.get('meta_info_file')
         metas = read_clip_meta_info(meta_file) if meta_file else None
@@ -73,6 +83,25 @@ class VideoClipTestDataset(data.Dataset):
         step = chunk_size - overlap
         starts = list(range(0, length - chunk_size, step)) + [length - chunk_size]
         return [(s, s + chunk_size) for s in starts]
+
+    @property
+    def data_info(self) -> dict[str, list]:
+        """basicsr's per-frame table, as its ``VideoTestDataset`` builds it: for every frame of every clip its
+        ``folder`` (clip name), ``idx`` ('<frame>/<clip length>'), ``lq_path``, ``gt_path`` and ``border`` (0:
+        recurrent models see every frame's neighbours)."""
+        if self.opt.get('chunk_size') is not None:
+            raise ValueError(f"{type(self).__name__} {self.opt.get('name', '')!r}: basicsr's video models index "
+                             'their metrics by frame position within an item and need whole clips; remove '
+                             'chunk_size (vsrkit\'s RecurrentVSRModel validates chunks)')
+        info: dict[str, list] = {'folder': [], 'idx': [], 'lq_path': [], 'gt_path': [], 'border': []}
+        for clip in self.clips:
+            for index, key in enumerate(clip.keys):
+                info['folder'].append(clip.name)
+                info['idx'].append(f'{index}/{len(clip.keys)}')
+                info['lq_path'].append(self.lq_store.path(key))
+                info['gt_path'].append(self.gt_store.path(key) if self.gt_store is not None else None)
+                info['border'].append(0)
+        return info
 
     def __len__(self) -> int:
         return len(self.items)

@@ -8,7 +8,12 @@ with the EMA weights), BasicSR-layout checkpoints written atomically, and resuma
 
 The public methods keep BasicSR's names and signatures (feed_data, optimize_parameters, update_learning_rate,
 get_current_learning_rate, get_current_log, validation, save, resume_training), so basicsr's own train.py
-can drive these models too; there each of its iterations is one micro-batch.
+(``basicsr.train.train_pipeline``) drives these models as vsrkit's loop does. There each of its iterations is
+one micro-batch (its ``total_iter`` counts micro-batches), and the model keeps what matters per optimizer step:
+the LR schedule advances once per optimizer step (basicsr calls ``update_learning_rate`` before every batch),
+``fix_flow``-style options count optimizer steps (``iteration``), every log has the loss terms, validation is
+logged in basicsr's format (each metric with its best value and iteration) and to tensorboard as basicsr's
+SRModel does, and ``save(-1, -1)`` (basicsr's "latest") writes ``net_g_latest.pth`` and no training state.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import logging
 import random
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -26,14 +31,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 import vsrkit.archs  # noqa: F401  (model types build networks and losses by name from these registries)
 import vsrkit.losses  # noqa: F401
+from vsrkit.archs.loader import load_state, read_state_dict
 from vsrkit.models.optim import build_optimizer, build_scheduler
 from vsrkit.utils.atomic import atomic_save
-from vsrkit.utils.checkpoint import extract_state_dict, load_file
 from vsrkit.utils.precision import autocast_for, parse_dtype
 from vsrkit.utils.dist import all_gather_objects, choose_device, get_rank_world
 from vsrkit.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
 logger = logging.getLogger('vsrkit')
+# Validation results go to basicsr's logger, in its format: basicsr's train.py writes its log file through it,
+# and vsrkit's loop routes it to its own handlers (engine.train_loop.setup_logging).
+validation_logger = logging.getLogger('basicsr')
+LATEST = -1  # basicsr's save(epoch=-1, current_iter=-1): the latest weights, no training state
 
 def build_network(opt: dict) -> nn.Module:
     kwargs = dict(opt)
@@ -64,6 +73,8 @@ class TrainableModel:
         logger.info(f"Network {opt['network_g']['type']}: {n_params:,} parameters")
         self.load_pretrained()
         self.log_dict: dict[str, float] = {}
+        # basicsr's layout: {dataset: {metric: {'better': 'higher' | 'lower', 'val': best value, 'iter': when}}}
+        self.best_metric_results: dict[str, dict[str, dict]] = {}
         self.net_g_ema: nn.Module | None = None
         if self.is_train:
             self.init_training_settings()
@@ -73,18 +84,15 @@ class TrainableModel:
         path = (self.opt.get('path') or {}).get('pretrain_network_g')
         if not path:
             return
-        param_key = self.opt['path'].get('param_key_g')
-        state = extract_state_dict(load_file(path), param_key, source=str(path))
+        # The generic loader's reading and fitting: the architecture's remap applies (an original's names), a
+        # strict load that does not fit is one message naming every missing / unexpected / reshaped key, and a
+        # non-strict one (as BasicSR) loads the keys of the network's shapes, e.g. all but the head of a new scale.
+        state = read_state_dict(path, self.opt['network_g']['type'], self.opt['path'].get('param_key_g'))
         strict = self.opt['path'].get('strict_load_g', True)
-        if not strict:  # as BasicSR: a non-strict load also skips tensors whose shapes differ (e.g. a new scale)
-            own = self.net_g.state_dict()
-            skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-            state = {k: v for k, v in state.items() if k not in skipped}
-            if skipped:
-                logger.warning(f'{path}: not loading {skipped} (shapes differ from network_g)')
-        missing, unexpected = self.net_g.load_state_dict(state, strict=strict)
-        logger.info(f'Loaded {path} into network_g (strict={strict}; missing {list(missing)}, '
-                    f'unexpected {list(unexpected)})')
+        not_loaded = load_state(self.net_g, state, strict, source=f'path.pretrain_network_g {path}')
+        if not_loaded:
+            logger.warning(f'{path}: not loaded into network_g (strict_load_g: false): {not_loaded}')
+        logger.info(f'Loaded {path} into network_g (strict={strict})')
 
     def init_training_settings(self) -> None:
         train = self.opt['train']
@@ -100,7 +108,7 @@ class TrainableModel:
         if self.ema_decay > 0:
             self.net_g_ema = copy.deepcopy(self.net_g).eval().requires_grad_(False)
         self.net_g.train()
-        if self.world_size > 1:
+        if False:  # BREAK-CHECK
             self.net_g = DistributedDataParallel(
                 self.net_g, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
                 find_unused_parameters=bool(train.get('find_unused_parameters', False)))
@@ -108,7 +116,9 @@ class TrainableModel:
         sched = train.get('scheduler')
         self.scheduler = build_scheduler(self.optimizer, sched, int(train.get('warmup_iter', 0) or 0)) if sched else None
         self.micro_step = 0
-        self._window_logs: dict[str, float] = {}
+        self.scheduled_steps = 0  # optimizer steps the LR schedule has advanced for
+        self._window_logs: dict[str, float] = {}  # loss sums over the micro-batches of the step in progress
+        self._window_count = 0
 
     def build_loss(self, loss_opt: dict) -> nn.Module:
         kwargs = dict(loss_opt)
@@ -131,6 +141,17 @@ class TrainableModel:
         """Forward the fed batch and return named loss terms (summed for backward). Subclasses implement."""
         raise NotImplementedError
 
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps taken so far (vsrkit's iterations)."""
+        return self.micro_step // self.accumulate
+
+    @property
+    def iteration(self) -> int:
+        """The optimizer step (1-based) the micro-batch in progress belongs to: vsrkit's ``current_iter``, also
+        under basicsr's loop, whose ``current_iter`` counts micro-batches."""
+        return (self.micro_step - 1) // self.accumulate + 1
+
     def optimize_parameters(self, current_iter: int) -> None:
         """One micro-batch: forward, backward; steps the optimizer once every ``accumulate_grad_batches`` calls."""
         self.micro_step += 1
@@ -144,17 +165,22 @@ class TrainableModel:
                 raise FloatingPointError(f'iteration {current_iter}: loss is {total.item()} ({self._describe(terms)})')
             self.scaler.scale(total / self.accumulate).backward()
         for name, value in terms.items():
-            self._window_logs[name] = self._window_logs.get(name, 0.0) + value.item() / self.accumulate
+            self._window_logs[name] = self._window_logs.get(name, 0.0) + value.item()
+        self._window_count += 1
         if last_micro:
             self.scaler.unscale_(self.optimizer)
+            logs = self._window_means()
             if self.grad_clip_norm:
                 norm = torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), float(self.grad_clip_norm))
-                self._window_logs['grad_norm'] = float(norm)
+                logs['grad_norm'] = float(norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.update_ema()
-            self.log_dict, self._window_logs = self._window_logs, {}
+            self.log_dict, self._window_logs, self._window_count = logs, {}, 0
+
+    def _window_means(self) -> dict[str, float]:
+        return {k: v / self._window_count for k, v in self._window_logs.items()} if self._window_count else {}
 
     @staticmethod
     def _describe(terms: dict[str, torch.Tensor]) -> str:
@@ -172,15 +198,24 @@ class TrainableModel:
             ema.copy_(live)
 
     def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
-        """Advance the scheduler by one optimizer step (warm-up is part of the scheduler, see models.optim)."""
+        """Advance the LR schedule once for each optimizer step taken since the last call.
+
+        vsrkit's loop calls this after each iteration (one optimizer step). basicsr's loop calls it before every
+        micro-batch, so with ``accumulate_grad_batches`` > 1 most calls find no new step and do nothing, and none
+        steps the scheduler before the optimizer: the schedule runs at the same pace per optimizer step under both.
+        ``warmup_iter`` is basicsr's argument and unused: warm-up is part of the scheduler (models.optim)."""
         if self.scheduler is not None:
-            self.scheduler.step()
+            for _ in range(self.optimizer_steps - self.scheduled_steps):
+                self.scheduler.step()
+        self.scheduled_steps = self.optimizer_steps
 
     def get_current_learning_rate(self) -> list[float]:
         return [group['lr'] for group in self.optimizer.param_groups]
 
     def get_current_log(self) -> dict[str, float]:
-        return dict(self.log_dict)
+        """Loss terms of the last optimizer step (means over its micro-batches); before the first step completes,
+        the means over the micro-batches so far (basicsr's loop may log after any micro-batch)."""
+        return dict(self.log_dict) if self.log_dict else self._window_means()
 
     # ---------------------------------------------------------------- inference
     @property
@@ -202,14 +237,38 @@ class TrainableModel:
         if was_training:
             net.train()
         rows = sorted((row for part in all_gather_objects(rows) for row in part), key=lambda r: r['name'])
-        self.last_validation = rows
-        metrics = [k for k in rows[0] if k != 'name'] if rows else []
+        self.last_validation = rows = self.merge_rows(rows)
+        metrics = [k for k in rows[0] if k not in ('name', 'frames')] if rows else []
         averages = {k: float(sum(r[k] for r in rows) / len(rows)) for k in metrics}
-        if tb_logger is not None:
-            name = getattr(dataset, 'opt', {}).get('name', 'val')
-            for key, value in averages.items():
-                tb_logger.add_scalar(f'metrics/{name}/{key}', value, current_iter)
+        self.log_validation(str((getattr(dataset, 'opt', None) or {}).get('name', 'val')), averages, current_iter,
+                            tb_logger)
         return averages
+
+    def merge_rows(self, rows: list[dict]) -> list[dict]:
+        """Per-sample rows → the rows averages are taken over (identity; video models merge chunks per clip)."""
+        return rows
+
+    def log_validation(self, dataset_name: str, averages: dict[str, float], current_iter: int, tb_logger) -> None:
+        """Record the best value of each metric and log as basicsr's SRModel does (same text, same tensorboard
+        tags ``metrics/<dataset>/<metric>``); rank 0 only. A metric's ``better: lower`` option is honoured; a
+        ``bicubic_<metric>`` column follows its metric's option."""
+        if self.rank != 0:
+            return
+        metric_opts = (self.opt.get('val') or {}).get('metrics') or {}
+        best = self.best_metric_results.setdefault(dataset_name, {})
+        lines = [f'Validation {dataset_name}']
+        for metric, value in averages.items():
+            base_metric = metric.removeprefix('bicubic_') if metric not in metric_opts else metric
+            higher = (metric_opts.get(base_metric) or {}).get('better', 'higher') == 'higher'
+            record = best.setdefault(metric, {'better': 'higher' if higher else 'lower',
+                                              'val': float('-inf') if higher else float('inf'), 'iter': -1})
+            if (value >= record['val']) if higher else (value <= record['val']):
+                record.update(val=value, iter=current_iter)
+            lines.append(f"\t # {metric}: {value:.4f}\tBest: {record['val']:.4f} @ {record['iter']} iter")
+        validation_logger.info('\n'.join(lines) + '\n')
+        if tb_logger is not None:
+            for metric, value in averages.items():
+                tb_logger.add_scalar(f'metrics/{dataset_name}/{metric}', value, current_iter)
 
     def validate_sample(self, sample: dict, current_iter: int, save_img: bool) -> dict[str, Any]:
         """Score one validation sample; returns {'name': ..., metric: value, ...}. Subclasses implement."""
@@ -218,10 +277,14 @@ class TrainableModel:
     # ---------------------------------------------------------------- checkpoints
     def network_files(self, current_iter: int | str) -> list[Path]:
         folder = Path(self.opt['path']['models'])
+        if current_iter == LATEST:
+            return [folder / 'net_g_latest.pth']
         return [folder / f'net_g_{current_iter}.pth', folder / 'net_g_latest.pth']
 
     def save(self, epoch: int, current_iter: int, extra_state: dict | None = None) -> None:
-        """Write net_g_<iter>.pth, net_g_latest.pth and training_states/<iter>.state (rank 0, atomically).
+        """Write net_g_<iter>.pth, net_g_latest.pth and training_states/<iter>.state (rank 0, atomically);
+        ``current_iter`` -1 (basicsr's "latest") writes net_g_latest.pth only. ``logger.keep_training_states: N``
+        then removes all but the newest N states (default: keep all, as basicsr).
 
         Collective: every rank must call it (each rank's RNG states are gathered into the state file)."""
         rng_states = all_gather_objects(capture_rng_state())
@@ -233,12 +296,19 @@ class TrainableModel:
         weights['network_g'] = dict(self.opt['network_g'])
         for path in self.network_files(current_iter):
             atomic_save(weights, path)
+        if current_iter == LATEST:
+            return
         state = {'epoch': epoch, 'iter': current_iter, 'micro_step': self.micro_step,
+                 'scheduled_steps': self.scheduled_steps,
                  'optimizers': [self.optimizer.state_dict()],
                  'schedulers': [self.scheduler.state_dict()] if self.scheduler is not None else [],
                  'scaler': self.scaler.state_dict(), 'rng': rng_states, 'world_size': self.world_size,
                  'params': weights['params'], 'params_ema': weights.get('params_ema'), **(extra_state or {})}
-        atomic_save(state, Path(self.opt['path']['training_states']) / f'{current_iter}.state')
+        folder = Path(self.opt['path']['training_states'])
+        atomic_save(state, folder / f'{current_iter}.state')
+        keep = (self.opt.get('logger') or {}).get('keep_training_states')
+        if keep is not None:
+            prune_training_states(folder.glob('*.state'), int(keep))
 
     def resume_training(self, state: dict) -> None:
         """Restore weights, optimizer, scheduler, scaler and this rank's RNG states from a training state."""
@@ -250,12 +320,25 @@ class TrainableModel:
             self.scheduler.load_state_dict(state['schedulers'][0])
         self.scaler.load_state_dict(state['scaler'])
         self.micro_step = state.get('micro_step', 0)
+        self.scheduled_steps = state.get('scheduled_steps', self.optimizer_steps)
         rng = state.get('rng') or []
         if len(rng) == self.world_size:
             restore_rng_state(rng[self.rank])
         elif rng:
             logger.warning(f'resume: the state was saved with {len(rng)} processes, now {self.world_size}; '
                            'random streams restart from the seed (the run continues, not bit-exactly)')
+
+
+def prune_training_states(states: Iterable[Path], keep: int) -> list[Path]:
+    """Delete all but the ``keep`` (>= 1) highest-iteration ``<iter>.state`` files; returns the deleted ones.
+    Called only after a state was written, so the newest state on disk is always a complete one."""
+    if keep < 1:
+        raise ValueError(f'logger.keep_training_states: expected >= 1, got {keep}')
+    numbered = sorted((p for p in states if p.stem.isdigit()), key=lambda p: int(p.stem))
+    old = numbered[:-keep]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
 
 
 def capture_rng_state() -> dict:

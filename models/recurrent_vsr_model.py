@@ -6,8 +6,8 @@ network's keep ratios (the network is then called with ``return_keep_ratios=True
 basicsr's ``CharbonnierLoss`` as ``pixel_opt``, gets (output, gt).
 
 Options of the original's recipe, under ``train``:
-    fix_flow (int): the flow network (``spynet``) is frozen (requires_grad False) for the first ``fix_flow``
-        iterations and trainable afterwards (BasicSR's VideoRecurrentModel). Under DDP this toggles which
+    fix_flow (int): the flow network (``spynet``) is frozen (requires_grad False) for the first ``fix_flow`` optimizer
+        steps and trainable afterwards (BasicSR's VideoRecurrentModel). Under DDP this toggles which
         parameters get gradients, so ``find_unused_parameters`` is switched on when fix_flow is set.
     flow_lr_mul (float): the flow network's parameters form a second optimizer group with lr x flow_lr_mul
         (the scheduler scales both groups alike).
@@ -86,7 +86,7 @@ class RecurrentVSRModel(TrainableModel):
 
     # ---------------------------------------------------------------- training
     def compute_losses(self, current_iter: int) -> dict[str, torch.Tensor]:
-        self.set_flow_trainable(current_iter)
+        self.set_flow_trainable(self.iteration)  # optimizer steps, also under basicsr's loop (micro-batches)
         sparsity = {name for name, loss in self.losses.items() if isinstance(loss, SparsityLoss)}
         if sparsity:
             self.output, ratios = self.net_g(self.lq, return_keep_ratios=True)
@@ -103,20 +103,15 @@ class RecurrentVSRModel(TrainableModel):
 
     # ---------------------------------------------------------------- validation
     def validation(self, dataloader, current_iter: int, tb_logger=None, save_img: bool = False) -> dict[str, float]:
-        """TrainableModel.validation over clips or chunks, then chunk rows merged per clip (frame-weighted);
-        the averages are over clips."""
+        """TrainableModel.validation over clips or chunks (chunk rows merged per clip, frame-weighted); the averages
+        are over clips. Takes vsrkit's ``VideoClipTestDataset`` or basicsr's ``VideoRecurrentTestDataset``."""
         dataset = dataloader.dataset if hasattr(dataloader, 'dataset') else dataloader
-        opt = getattr(dataset, 'opt', {}) or {}
+        opt = getattr(dataset, 'opt', None) or {}
         self._chunking = (opt.get('chunk_size'), int(opt.get('chunk_overlap') or 0))
-        super().validation(dataset, current_iter, None, save_img)
-        rows = merge_clip_rows(self.last_validation)
-        self.last_validation = rows
-        metrics = [k for k in rows[0] if k not in ('name', 'frames')] if rows else []
-        averages = {k: float(sum(r[k] for r in rows) / len(rows)) for k in metrics}
-        if tb_logger is not None:
-            for key, value in averages.items():
-                tb_logger.add_scalar(f"metrics/{opt.get('name', 'val')}/{key}", value, current_iter)
-        return averages
+        return super().validation(dataset, current_iter, tb_logger, save_img)
+
+    def merge_rows(self, rows: list[dict]) -> list[dict]:
+        return merge_clip_rows(rows)
 
     def validate_sample(self, sample: dict, current_iter: int, save_img: bool) -> dict[str, Any]:
         val = self.opt.get('val') or {}

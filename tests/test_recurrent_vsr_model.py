@@ -137,7 +137,7 @@ def test_fix_flow_and_flow_lr_mul(tmp_path, clips):
     assert not any(p.requires_grad for p in spynet.parameters())
     assert all(torch.equal(v, spynet.state_dict()[k]) for k, v in before.items())
     model.feed_data(batch)
-    model.micro_step = 0
+    model.micro_step = 2  # optimize_parameters counts the micro-batch before compute_losses: step 2 in progress
     with model.autocast():
         total = sum(model.compute_losses(2).values())
     assert all(p.requires_grad for p in spynet.parameters())  # trainable from iteration fix_flow + 1

@@ -7,13 +7,22 @@ the import but was never released. We register a stand-in module exposing the sa
 public home before basicsr is imported. It is idempotent and does nothing where the module still exists.
 
 Everything in vsrkit imports this module (through ``vsrkit.utils``) before its first basicsr import.
-Other BasicSR breakages on today's stack (CUDA-only distributed init, metric tensors on 'cuda', Adam-only
-optimizers, the cosine-restart crash, eager lmdb opens) are not patched here: vsrkit's own training loop,
-schedulers and datasets replace those code paths instead of monkey-patching basicsr.
+
+Second, and last, patch: basicsr's video models (``VideoBaseModel``, ``VideoRecurrentModel`` and their
+subclasses) create their per-frame metric tensors with ``torch.zeros(..., device='cuda')`` in
+``dist_validation``, so they cannot validate on a machine without CUDA. They create them only when the model
+has no ``metric_results`` yet; ``metric_tensors_on_model_device`` wraps ``dist_validation`` to create the same
+tensors first, on the model's own device (``self.device``: CPU when ``num_gpu`` is 0). Nothing else changes.
+
+Other BasicSR breakages on today's stack (CUDA-only distributed init and resume, Adam-only optimizers, the
+cosine-restart crash, eager lmdb opens) are not patched here: vsrkit's own training loop, schedulers and
+datasets replace those code paths instead of monkey-patching basicsr.
 """
+import functools
 import importlib.util
 import sys
 import types
+from collections import Counter
 
 _LEGACY = 'torchvision.transforms.functional_tensor'
 
@@ -37,3 +46,29 @@ def install() -> None:
 
 
 install()
+
+import torch  # noqa: E402  (the basicsr imports must follow install())
+from basicsr.models.video_base_model import VideoBaseModel  # noqa: E402
+from basicsr.models.video_recurrent_model import VideoRecurrentModel  # noqa: E402
+
+
+def metric_tensors_on_model_device(dist_validation):
+    """Wrap a basicsr video model's ``dist_validation`` so that its metric tensors live on ``self.device``."""
+    if getattr(dist_validation, 'vsrkit_patched', False):
+        return dist_validation
+
+    @functools.wraps(dist_validation)
+    def wrapper(self, dataloader, current_iter, tb_logger, save_img):
+        metrics = self.opt['val']['metrics']
+        if metrics is not None and not hasattr(self, 'metric_results'):  # the condition basicsr creates them on
+            frames = Counter(dataloader.dataset.data_info['folder'])
+            self.metric_results = {folder: torch.zeros(n, len(metrics), dtype=torch.float32, device=self.device)
+                                   for folder, n in frames.items()}
+        return dist_validation(self, dataloader, current_iter, tb_logger, save_img)
+
+    wrapper.vsrkit_patched = True
+    return wrapper
+
+
+for _model in (VideoBaseModel, VideoRecurrentModel):  # each defines its own dist_validation
+    _model.dist_validation = metric_tensors_on_model_device(_model.dist_validation)
