@@ -3,7 +3,8 @@
 #
 # CPU: the processes use gloo; CUDA: nccl, one GPU per process. Several machines: run this on each with
 # NNODES (machines), NODE_RANK (0..NNODES-1), MASTER_ADDR and MASTER_PORT (of node 0) set alike.
-# The options are checked (and missing sample data created) once, before any process starts.
+# The options are checked (and missing sample data created) once, before any process starts; a run of the same
+# name still running stops this one there, with one line naming it.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: bash dist_train.sh NUM_PROCESSES OPTIONS.yml [--auto_resume] [--force_yml key:sub=value ...]" >&2
@@ -24,5 +25,7 @@ else
   RDZV=(--nnodes="$NNODES" --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
         --master_port="${MASTER_PORT:-29500}")
 fi
-exec "$PYTHON" -m torch.distributed.run "${RDZV[@]}" --nproc_per_node="$NPROC" \
+# torchrun, ending in one line when stopped (SIGTERM/SIGINT: forwarded to the processes, which save a resumable
+# state) or when a process fails, instead of torchrun's traceback: see vsrkit/engine/torchrun.py
+exec "$PYTHON" -m vsrkit.engine.torchrun "${RDZV[@]}" --nproc_per_node="$NPROC" \
   "$ROOT/train.py" -opt "$OPT" --launcher pytorch "$@"

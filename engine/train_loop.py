@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import json
 import logging
+import logging.handlers
 import os
 import random
 import signal
@@ -25,19 +26,26 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
+import basicsr.utils.logger as basicsr_logging
 from vsrkit.data.sample_data import ensure_sample_data
 from vsrkit.data.sampling import SeededSamples, ShardedEpochSampler
-from vsrkit.utils.checkpoint import latest_training_state
 from vsrkit.utils.dist import DistInfo, any_rank, barrier, cleanup, init_distributed
-from vsrkit.engine.option_checks import check_options
+from vsrkit.engine.data_faults import DataFault, GuardedSamples, collate_or_fault, describe_error
+from vsrkit.engine.experiment import (ExperimentLock, archive_previous, check_not_in_use, has_previous_run,
+                                      remove_interrupted_writes, resume_state)
+from vsrkit.engine.option_checks import check_options, check_training_set_fits
 from vsrkit.engine.options import dump_options, load_options
 from vsrkit.evaluation.tables import validation_table
 from vsrkit.models.base import unwrap
+from vsrkit.models.basicsr_driver import build_model
+from vsrkit.utils.atomic import atomic_write_text
 from vsrkit.utils.signature import OptionsError
-from vsrkit.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
+from vsrkit.utils.registry import DATASET_REGISTRY
 
 logger = logging.getLogger('vsrkit')
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+DATA_FAULT_EXIT = 3  # a training sample could not be read (2: bad options or a folder in use)
+LOG_FORMAT = logging.Formatter('%(asctime)s %(levelname)s: %(message)s', '%Y-%m-%d %H:%M:%S')
 # the checkout this module runs from (train.py beside engine/): relative paths in options resolve against it, from
 # train.py and from the vsrkit-train entry point alike, whatever the working directory
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -63,19 +71,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def setup_logging(opt: dict, info: DistInfo) -> None:
-    logger.handlers.clear()
+def setup_logging(info: DistInfo) -> None:
+    """Console logging; on rank 0 the records are also kept until :func:`attach_log_file` (the experiment folder
+    is prepared only after every check has passed)."""
+    close_logging()
     logger.propagate = False
     logger.setLevel(logging.INFO if info.is_main else logging.WARNING)
-    formatter = logging.Formatter('%(asctime)s %(levelname)s: %(message)s', '%Y-%m-%d %H:%M:%S')
     console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(formatter)
+    console.setFormatter(LOG_FORMAT)
     logger.addHandler(console)
     if info.is_main:
-        log_file = Path(opt['path']['log']) / f"train_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log"
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(formatter)
-        logger.addHandler(handler)
+        logger.addHandler(logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1))
+    route_basicsr_logging(info)
+
+
+class ToVsrkitLog(logging.Handler):
+    """Passes basicsr's log records to vsrkit's logger (its handlers: console, log file)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger.handle(record)
+
+
+def route_basicsr_logging(info: DistInfo) -> None:
+    """basicsr's model types and the validation lines in basicsr's format log to basicsr's logger: send it to
+    vsrkit's, and mark it initialised so that basicsr's get_root_logger adds no console handler of its own."""
+    basicsr_logger = logging.getLogger('basicsr')
+    for handler in [h for h in basicsr_logger.handlers if isinstance(h, ToVsrkitLog)]:
+        basicsr_logger.removeHandler(handler)
+    basicsr_logger.addHandler(ToVsrkitLog())
+    basicsr_logger.setLevel(logging.INFO if info.is_main else logging.WARNING)
+    basicsr_logger.propagate = False
+    basicsr_logging.initialized_logger['basicsr'] = True
+
+
+def attach_log_file(opt: dict) -> None:
+    """Start the log file and write into it what was logged before the folder existed."""
+    log_file = Path(opt['path']['log']) / f"train_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(LOG_FORMAT)
+    for buffer in [h for h in logger.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
+        buffer.setTarget(handler)
+        buffer.close()  # flushes the kept records into the file
+        logger.removeHandler(buffer)
+    logger.addHandler(handler)
+
+
+def close_logging() -> None:
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -88,22 +132,41 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def prepare_experiment_dirs(opt: dict, resuming: bool) -> None:
-    """Create the experiment folders; an existing experiment of the same name is archived unless resuming."""
-    root = Path(opt['path']['experiments_root'])
-    if root.exists() and not resuming and any(root.iterdir()):
-        archived = root.with_name(f"{root.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
-        root.rename(archived)
-        print(f'Existing experiment folder moved to {archived}')
+def prepare_experiment_dirs(opt: dict, lock: ExperimentLock, resuming: bool) -> ExperimentLock:
+    """Create the experiment folders (under ``lock``, which this process holds). Starting afresh, an earlier
+    experiment of the same name is archived first (BasicSR's behaviour); returns the lock now held."""
+    if not resuming and has_previous_run(lock.root):
+        lock, archived = archive_previous(lock)
+        logger.info(f'Existing experiment folder moved to {archived}')
     for key in ('experiments_root', 'models', 'training_states', 'log', 'visualization'):
         Path(opt['path'][key]).mkdir(parents=True, exist_ok=True)
+    for leftover in remove_interrupted_writes(opt['path']['models'], opt['path']['training_states']):
+        logger.info(f'Removed {leftover}, the temporary file of a write a killed run left')
+    return lock
+
+
+def truncate_history(history: Path, last_iter: int) -> None:
+    """Keep the loss-log lines up to ``last_iter`` (the resumed state): lines logged after that state by a run that
+    was stopped, and a line cut short by a kill, would otherwise repeat or break the log."""
+    if not history.is_file():
+        return
+    kept = []
+    for line in history.read_text().splitlines():
+        try:
+            if json.loads(line)['iter'] <= last_iter:
+                kept.append(line + '\n')
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write_text(history, ''.join(kept))
 
 
 class StopRequest:
-    """First SIGINT/SIGTERM: finish the iteration, save a resumable state, exit. Second: stop at once."""
+    """First SIGINT/SIGTERM: finish the iteration, save a resumable state, exit. Second: stop at once.
+    ``announce``: say so when the signal arrives (rank 0 only: under torchrun every process gets the signal)."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.signum: int | None = None
+        self.announce = announce
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> 'StopRequest':
@@ -120,7 +183,8 @@ class StopRequest:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        print(f'\n{signal.Signals(signum).name} received: saving a resumable state after this iteration '
+        if self.announce:
+            print(f'\n{signal.Signals(signum).name} received: saving a resumable state after this iteration '
               '(send it again to stop at once)', flush=True)
 
 
@@ -148,25 +212,35 @@ class Progress:
         return f'{rate:.2f} it/s, eta {eta}'
 
 
+def build_dataset(phase: str, dataset_opt: dict):
+    """The dataset of ``datasets.<phase>``; what its construction finds wrong with the data (a missing key or file,
+    sizes that disagree) becomes one OptionsError line, raised before the experiment folder is touched."""
+    try:
+        return DATASET_REGISTRY.get(dataset_opt['type'])(dataset_opt)
+    except (KeyError, ValueError, OSError) as err:
+        raise OptionsError(f"datasets.{phase} ({dataset_opt['type']}): {describe_error(err)}") from None
+
+
 class Trainer:
     def __init__(self, opt: dict, info: DistInfo, auto_resume: bool) -> None:
         self.opt, self.info = opt, info
         self.train_opt = opt['train']
         self.logger_opt = opt.get('logger') or {}
         self.seed = int(opt.get('manual_seed', 0))
-        state_path = opt['path'].get('resume_state')
-        if not state_path and auto_resume:
-            state_path = latest_training_state(opt['path']['training_states'])
-        self.state_path = Path(state_path) if state_path else None
-        if info.is_main:
-            ensure_sample_data(opt)
-            prepare_experiment_dirs(opt, resuming=self.state_path is not None)
-        barrier()
-        setup_logging(opt, info)
-        seed_everything(self.seed + info.rank, bool(opt.get('deterministic', False)))
+        self.lock: ExperimentLock | None = None
         self.tb = None
-        if info.is_main and self.logger_opt.get('use_tb_logger', True):
-            self.tb = SummaryWriter(opt['path']['tb_logger'])
+        if info.is_main:  # held for the run's life: a second run of this name stops here, before touching anything
+            self.lock = ExperimentLock(opt['path']['experiments_root']).acquire()
+        try:
+            self.state_path = resume_state(opt, auto_resume)
+            if info.is_main:
+                ensure_sample_data(opt)
+        except BaseException:
+            self.close()
+            raise
+        barrier()
+        setup_logging(info)
+        seed_everything(self.seed + info.rank, bool(opt.get('deterministic', False)))
         self.history = Path(opt['path']['experiments_root']) / 'train_log.jsonl'
         # logger.rank_log: every process logs its own view (samples, unreduced losses, a digest of its weights), so
         # a DDP run can be checked: disjoint shards, different losses, identical weights
@@ -177,13 +251,15 @@ class Trainer:
     def build_loaders(self) -> None:
         train_opt = dict(self.opt['datasets']['train'])
         train_opt.setdefault('name', 'train')
-        dataset = DATASET_REGISTRY.get(train_opt['type'])(train_opt)
+        dataset = build_dataset('train', train_opt)
         self.train_set = SeededSamples(dataset, self.seed)
         self.sampler = ShardedEpochSampler(len(dataset), num_replicas=self.info.world_size, rank=self.info.rank,
                                            shuffle=train_opt.get('use_shuffle', True), seed=self.seed,
                                            enlarge_ratio=int(train_opt.get('dataset_enlarge_ratio', 1)))
         self.loader_seed = torch.Generator()
-        self.loader = DataLoader(self.train_set, batch_size=train_opt['batch_size_per_gpu'], sampler=self.sampler,
+        where = f"datasets.train ({train_opt['type']})"
+        self.loader = DataLoader(GuardedSamples(self.train_set, where), batch_size=train_opt['batch_size_per_gpu'],
+                                 sampler=self.sampler, collate_fn=collate_or_fault,
                                  num_workers=int(train_opt.get('num_worker_per_gpu', 0)), drop_last=True,
                                  pin_memory=self.info.device.type == 'cuda', generator=self.loader_seed)
         self.batches_per_epoch = len(self.sampler) // train_opt['batch_size_per_gpu']
@@ -195,7 +271,7 @@ class Trainer:
             if phase.startswith('val'):
                 val_opt = dict(val_opt)
                 val_opt.setdefault('name', phase)
-                self.val_sets[val_opt['name']] = DATASET_REGISTRY.get(val_opt['type'])(val_opt)
+                self.val_sets[val_opt['name']] = build_dataset(phase, val_opt)
         logger.info(f'Training set: {len(dataset)} samples, {self.batches_per_epoch} batches per epoch per process; '
                     f'validation sets: {", ".join(f"{k} ({len(v)})" for k, v in self.val_sets.items()) or "none"}')
 
@@ -216,9 +292,7 @@ class Trainer:
         results = {}
         for name, dataset in self.val_sets.items():
             averages = model.validation(dataset, current_iter, self.tb, self.opt['val'].get('save_img', False))
-            results[name] = {'averages': averages, 'rows': model.last_validation}
-            logger.info(f'Validation {name} @ iter {current_iter}: '
-                        + ', '.join(f'{k} {v:.4f}' for k, v in averages.items()))
+            results[name] = {'averages': averages, 'rows': model.last_validation}  # the model logged them
         return results
 
     def log_iteration(self, model, current_iter: int, epoch: int, progress: Progress) -> None:
@@ -230,8 +304,8 @@ class Trainer:
             with self.history.open('a') as handle:
                 handle.write(json.dumps({'iter': current_iter, 'epoch': epoch, 'lr': lrs, **logs}) + '\n')
             if self.tb is not None:
-                for key, value in logs.items():
-                    self.tb.add_scalar(f'losses/{key}', value, current_iter)
+                for key, value in logs.items():  # basicsr's tags: losses/l_* and other values by name
+                    self.tb.add_scalar(f'losses/{key}' if key.startswith('l_') else key, value, current_iter)
                 self.tb.add_scalar('lr', lrs[0], current_iter)
 
     def log_rank(self, model, current_iter: int, epoch: int, samples: list[int]) -> None:
@@ -245,15 +319,16 @@ class Trainer:
     def run(self) -> int:
         opt = self.opt
         self.build_loaders()
-        model = MODEL_REGISTRY.get(opt['model_type'])(opt)
+        model = build_model(opt, self.info.device)
         start_iter = 0
         if self.state_path is not None:
             state = torch.load(self.state_path, map_location='cpu', weights_only=True)
             model.resume_training(state)
             start_iter = int(state['iter'])
             logger.info(f'Resumed from {self.state_path} at iteration {start_iter}')
-        elif self.info.is_main:
-            (Path(opt['path']['experiments_root']) / 'options.yml').write_text(dump_options(opt))
+        self.open_experiment(start_iter)
+        if self.state_path is None and self.info.is_main:
+            atomic_write_text(Path(opt['path']['experiments_root']) / 'options.yml', dump_options(opt))
         total_iter = int(self.train_opt['total_iter'])
         accumulate = model.accumulate
         consumed = start_iter * accumulate
@@ -261,7 +336,7 @@ class Trainer:
         print_freq = int(self.logger_opt.get('print_freq', 100))
         save_freq = int(self.logger_opt.get('save_checkpoint_freq', 5000))
         val_freq = int((opt.get('val') or {}).get('val_freq', 0) or 0) if self.val_sets else 0
-        with StopRequest() as stop:
+        with StopRequest(announce=self.info.is_main) as stop:
             progress = Progress(start_iter, total_iter)
             logger.info(f'Training {opt["network_g"]["type"]} on {self.info.device} x{self.info.world_size}: '
                         f'iterations {start_iter + 1}..{total_iter}, {accumulate} micro-batch(es) per iteration')
@@ -274,8 +349,10 @@ class Trainer:
             while current_iter < total_iter:
                 current_iter += 1
                 samples = []
-                for _ in range(accumulate):
+                for micro in range(accumulate):
                     epoch, batch = next(batches)
+                    if any_rank(isinstance(batch, DataFault), self.info.device):
+                        return self.stop_for_data(model, batch, epoch, current_iter - 1, micro, saved_at, start_iter)
                     samples += self.batch_indices
                     model.feed_data(batch)
                     model.optimize_parameters(current_iter)
@@ -293,7 +370,7 @@ class Trainer:
                 if any_rank(stop.signum is not None, self.info.device):
                     if saved_at != current_iter:
                         model.save(epoch, current_iter)
-                    logger.warning(f'Stopped at iteration {current_iter}; resume with --auto_resume')
+                    logger.warning(f'{self.rank_prefix}Stopped at iteration {current_iter}; resume with --auto_resume')
                     return EXIT_CODES.get(stop.signum, 130)
                 progress.resume()
             if saved_at != current_iter:
@@ -301,6 +378,49 @@ class Trainer:
             results = self.validate(model, current_iter) if self.val_sets else {}
             self.summarise(results, progress, current_iter)
             return 0
+
+    @property
+    def rank_prefix(self) -> str:
+        return f'rank {self.info.rank}: ' if self.info.world_size > 1 else ''
+
+    def open_experiment(self, start_iter: int) -> None:
+        """Every check has passed (datasets and network built, the state loaded): now rank 0 prepares the experiment
+        folder (archiving an earlier one when starting afresh), and logging to files starts."""
+        if self.info.is_main:
+            self.lock = prepare_experiment_dirs(self.opt, self.lock, resuming=self.state_path is not None)
+            if self.state_path is not None:
+                truncate_history(self.history, start_iter)
+            attach_log_file(self.opt)
+            if self.logger_opt.get('use_tb_logger', True):
+                self.tb = SummaryWriter(self.opt['path']['tb_logger'])
+        barrier()
+
+    def stop_for_data(self, model, fault: object, epoch: int, last_iter: int, micro: int, saved_at: int | None,
+                      start_iter: int) -> int:
+        """A sample could not be read (on this or another process): save the last finished iteration, stop with one
+        line per process."""
+        if last_iter > start_iter and saved_at != last_iter:
+            # the micro-batches of the unfinished iteration stepped no optimizer: the weights are last_iter's, and the
+            # micro-batch count goes back so that accumulation lines up on resume
+            model.micro_step -= micro
+            model.save(epoch, last_iter)
+            saved = f'state of iteration {last_iter} saved'
+        else:
+            saved = (f'iteration {last_iter} is already saved' if last_iter > start_iter or self.state_path
+                     else 'no iteration finished, nothing to save')
+        what = (f'data error: {fault.message}' if isinstance(fault, DataFault)
+                else 'stopped: another process met a data error')
+        logger.error(f'{self.rank_prefix}{what}; {saved}; fix the data and resume with --auto_resume')
+        return DATA_FAULT_EXIT
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        close_logging()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def summarise(self, results: dict, progress: Progress, current_iter: int) -> None:
         if not self.info.is_main:
@@ -311,30 +431,35 @@ class Trainer:
         for name, result in results.items():
             table = validation_table(result['rows'])
             logger.info(f'Validation table ({name}, iteration {current_iter}):\n{table}')
-        if self.tb is not None:
-            self.tb.close()
 
 
 def main(argv: list[str] | None = None, root: str | Path | None = None) -> int:
     args = parse_args(argv)
-    root = Path(root) if root is not None else default_root()
+    root = Path(root) if root is not None else Path.cwd()  # BREAK-CHECK
     try:
         opt = load_options(args.opt, root=root, overrides=args.force_yml, debug=args.debug)
         check_options(opt)
         if args.check_only:
+            check_not_in_use(opt['path']['experiments_root'])
             for built in ensure_sample_data(opt):
                 print(f'Created sample data in {built}')
+            check_training_set_fits(opt)
             print(f'{args.opt}: options OK')
             return 0
+        check_training_set_fits(opt)  # before the process group and any worker start
         info = init_distributed(opt.get('num_gpu', 'auto'))
     except (OptionsError, RuntimeError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     opt['device'] = str(info.device)
+    trainer = None
     try:
-        return Trainer(opt, info, args.auto_resume).run()
+        trainer = Trainer(opt, info, args.auto_resume)
+        return trainer.run()
     except OptionsError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     finally:
+        if trainer is not None:
+            trainer.close()
         cleanup()
