@@ -17,9 +17,11 @@ build never looks finished and two processes racing (torchrun ranks) both end up
 """
 from __future__ import annotations
 
+import difflib
+import functools
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import cv2
@@ -29,8 +31,8 @@ import skimage.data
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.utils.matlab_functions import imresize
-from vsrkit.data.lmdb_io import make_lmdb_from_folder
-from vsrkit.data.sample_videos import build_video_sample
+from vsrkit.data.lmdb_io import META_INFO_NAME, make_lmdb_from_folder
+from vsrkit.data.sample_videos import build_video_sample, video_sample_files
 
 SCALES = (2, 4)
 # (photo, held out for validation?) — photos of skimage.data that are colour, natural and bundled in the wheel.
@@ -69,11 +71,27 @@ def _write_pair_set(folder: Path, images: dict[str, np.ndarray]) -> None:
             _save_png(folder / 'LR_bicubic' / f'X{scale}' / f'{name}.png', _downscale(hr, scale))
 
 
+def _val_crop_names(name: str) -> list[str]:
+    return [f'{name}_{i}' for i in range(VAL_CROPS_PER_PHOTO)]
+
+
 def _val_crops(photo: np.ndarray, name: str) -> dict[str, np.ndarray]:
     h, w = photo.shape[:2]
     ys = np.linspace(0, h - VAL_CROP, VAL_CROPS_PER_PHOTO + 2).astype(int)[1:-1]
     xs = np.linspace(0, w - VAL_CROP, VAL_CROPS_PER_PHOTO + 2).astype(int)[1:-1]
-    return {f'{name}_{i}': photo[y:y + VAL_CROP, x:x + VAL_CROP] for i, (y, x) in enumerate(zip(ys, xs))}
+    return {crop: photo[y:y + VAL_CROP, x:x + VAL_CROP] for crop, y, x in zip(_val_crop_names(name), ys, xs)}
+
+
+def image_sample_files() -> list[str]:
+    """Every file :func:`build_image_sample` writes, as POSIX paths relative to its root (a test compares it with
+    a built tree)."""
+    files = []
+    for split, names in (('train', TRAIN_PHOTOS), ('val', [c for p in VAL_PHOTOS for c in _val_crop_names(p)])):
+        folders = ['HR'] + [f'LR_bicubic/X{scale}' for scale in SCALES]
+        lmdbs = ['HR.lmdb'] + [f'LR_bicubic_X{scale}.lmdb' for scale in SCALES]
+        files += [f'{split}/{folder}/{name}.png' for folder in folders for name in names]
+        files += [f'{split}/{lmdb}/{file}' for lmdb in lmdbs for file in ('data.mdb', 'lock.mdb', META_INFO_NAME)]
+    return files
 
 
 def build_image_sample(target: Path) -> None:
@@ -119,15 +137,51 @@ def build_atomically(target: Path, build: Callable[[Path], None]) -> None:
 
 # each builder writes atomically (a temporary folder renamed into place)
 SAMPLE_BUILDERS: dict[str, Callable[[Path], None]] = {'images': build_image_sample, 'video': build_video_sample}
+# what each builder writes (files; the folders holding them are made too)
+SAMPLE_FILES: dict[str, Callable[[], list[str]]] = {'images': image_sample_files, 'video': video_sample_files}
 
 
-def sample_builder_for(path: str | Path) -> tuple[Callable[[Path], None], Path] | None:
-    """If ``path`` lies inside ``.../datasets/sample/<kind>``, return (builder, that sample folder)."""
+@functools.cache
+def sample_layout(kind: str) -> frozenset[str]:
+    """Every path (file or folder, relative POSIX) the builder of ``kind`` makes."""
+    paths = set()
+    for file in SAMPLE_FILES[kind]():
+        path = PurePosixPath(file)
+        paths.add(file)
+        paths.update(str(parent) for parent in path.parents if str(parent) != '.')
+    return frozenset(paths)
+
+
+def _sample_location(path: str | Path) -> tuple[str, Path, str] | None:
+    """(kind, sample folder, path relative to it) when ``path`` lies inside ``.../datasets/sample/<kind>``."""
     parts = Path(path).parts
     for i in range(len(parts) - 2):
         if parts[i] == 'datasets' and parts[i + 1] == 'sample' and parts[i + 2] in SAMPLE_BUILDERS:
-            return SAMPLE_BUILDERS[parts[i + 2]], Path(*parts[:i + 3])
+            return parts[i + 2], Path(*parts[:i + 3]), '/'.join(parts[i + 3:])
     return None
+
+
+def sample_builder_for(path: str | Path) -> tuple[Callable[[Path], None], Path] | None:
+    """(builder, sample folder) when the builder of ``.../datasets/sample/<kind>`` makes ``path`` (the folder itself
+    or anything in :func:`sample_layout`); None for any other path, a typo inside a sample folder included."""
+    found = _sample_location(path)
+    if found is None:
+        return None
+    kind, folder, relative = found
+    return (SAMPLE_BUILDERS[kind], folder) if not relative or relative in sample_layout(kind) else None
+
+
+def sample_path_hint(path: str | Path) -> str:
+    """For a ``path`` inside a sample folder that its builder does not make: what it does make that is closest."""
+    found = _sample_location(path)
+    if found is None:
+        return ''
+    kind, folder, relative = found
+    depth = relative.count('/')
+    candidates = sorted(p for p in sample_layout(kind) if p.count('/') == depth)
+    close = difflib.get_close_matches(relative, candidates, n=1, cutoff=0.6)
+    made = f"; did you mean {folder / close[0]}?" if close else f" (it makes e.g. {', '.join(candidates[:4])})"
+    return f'the sample builder of {folder} does not make {relative}{made}'
 
 
 def ensure_sample_data(opt: dict) -> list[Path]:

