@@ -26,6 +26,8 @@ from vsrkit.utils.registry import DATASET_REGISTRY, register
 class EvenOddFrameDataset(Dataset):
     """Chunks of consecutive frames split into even (input) and odd (target) frames (see module docstring)."""
 
+    required_options = ('dataroot_gt',)  # read by the options check before any run starts
+
     def __init__(self, opt: dict) -> None:
         super().__init__()
         self.opt = opt

@@ -70,6 +70,8 @@ def open_frames(opt: dict, key: str, owner: str) -> FrameStore:
 class GreyRGBFrameDataset(Dataset):
     """(grey frame, RGB frame) pairs from frame folders (see module docstring)."""
 
+    required_options = ('dataroot_gt',)  # read by the options check before any run starts
+
     def __init__(self, opt: dict) -> None:
         super().__init__()
         self.opt = opt

@@ -95,6 +95,9 @@ class PairedPatchDataset(Dataset):
     (train: patches per image per epoch, default 1), name (for messages).
     """
 
+    required_options = ('dataroot_gt', 'dataroot_lq', 'scale')  # read by the options check before any run starts
+    required_train_options = ('gt_size',)
+
     def __init__(self, opt: dict) -> None:
         super().__init__()
         self.opt = opt

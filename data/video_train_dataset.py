@@ -60,6 +60,7 @@ class VideoTrainDataset(data.Dataset):
 
     clip_mode: bool
     sample_every_frame: bool
+    required_options: tuple[str, ...] = ('dataroot_gt', 'dataroot_lq')  # read by the options check before any run
 
     def __init__(self, opt: dict):
         super().__init__()
@@ -195,6 +196,7 @@ class VideoTrainDataset(data.Dataset):
 
 class _REDS(VideoTrainDataset):
     sample_every_frame = True
+    required_options = VideoTrainDataset.required_options + ('num_frame',)  # no default (clips of any length)
 
     def frame_key(self, clip: str, index: int) -> str:
         return f'{clip}/{format(index, self.opt.get("filename_tmpl", "08d"))}'

@@ -61,6 +61,8 @@ def degrade(y: np.ndarray, scale: int) -> np.ndarray:
 class YMultiScaleDataset(Dataset):
     """Bicubic-degraded / HR Y-channel pairs at several scales from HR images (see module docstring)."""
 
+    required_options = ('dataroot_gt',)  # read by the options check before any run starts
+
     def __init__(self, opt: dict) -> None:
         super().__init__()
         self.opt = opt
