@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 
-from vsrkit.engine.train_loop import main
+from vsrkit.engine.options import load_options
+from vsrkit.engine.train_loop import default_root, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,14 +127,49 @@ def test_signal_saves_a_resumable_state(tmp_path, photo_pairs):
     assert [r['iter'] for r in history(tmp_path, 'interrupted')] == list(range(1, stopped + 3))
 
 
+def rank_history(tmp_path: Path, name: str, rank: int) -> list[dict]:
+    lines = (tmp_path / 'experiments' / name / f'train_log_rank{rank}.jsonl').read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
 def test_two_processes_on_gloo(tmp_path, photo_pairs):
-    opt = write_options(tmp_path, photo_pairs, 'ddp', total_iter=4)
+    """Each process trains on its own half of every epoch and both end every iteration with the same weights."""
+    # 3 photos x 2 patches = 6 samples: 3 per process per epoch, one batch of 3 -> each iteration is one epoch
+    opt = write_options(tmp_path, photo_pairs, 'ddp', total_iter=4, accumulate_grad_batches=1)
     env = {**os.environ, 'PYTHON': sys.executable}
-    run = subprocess.run(['bash', str(ROOT / 'dist_train.sh'), '2', str(opt)], capture_output=True, text=True,
-                         env=env, timeout=400)
+    run = subprocess.run(['bash', str(ROOT / 'dist_train.sh'), '2', str(opt), '--force_yml',
+                          'datasets:train:batch_size_per_gpu=3', 'logger:rank_log=true'],
+                         capture_output=True, text=True, env=env, timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert 'on cpu x2' in run.stdout
     assert [r['iter'] for r in history(tmp_path, 'ddp')] == [1, 2, 3, 4]
+    ranks = [rank_history(tmp_path, 'ddp', rank) for rank in (0, 1)]
+    assert [r['iter'] for r in ranks[0]] == [r['iter'] for r in ranks[1]] == [1, 2, 3, 4]
+    digests = set()
+    for a, b in zip(*ranks):
+        assert a['epoch'] == b['epoch'] == a['iter'] - 1
+        assert len(a['samples']) == len(b['samples']) == 3
+        assert sorted(a['samples'] + b['samples']) == list(range(6)), (a, b)  # the epoch, split without overlap
+        assert a['losses']['l_pixel'] != b['losses']['l_pixel']  # each process's loss on its own shard
+        assert a['weights_sha256'] == b['weights_sha256'], a['iter']  # gradients averaged: identical weights
+        digests.add(a['weights_sha256'])
+    assert len(digests) == 4  # and they did change every iteration
+    assert ranks[0][-1]['losses']['l_pixel'] == history(tmp_path, 'ddp')[-1]['l_pixel']  # rank 0 writes the log
     state = torch.load(tmp_path / 'experiments/ddp/training_states/4.state', weights_only=True)
     assert state['world_size'] == 2 and len(state['rng']) == 2
     assert not torch.equal(state['rng'][0]['torch'], state['rng'][1]['torch'])  # per-rank seeds differ
+
+
+def test_relative_paths_resolve_against_the_checkout_from_any_directory(tmp_path, monkeypatch):
+    """train.py and the vsrkit-train entry point (main without root) resolve options' relative paths alike."""
+    monkeypatch.chdir(tmp_path)
+    opt = ROOT / 'options' / 'vit_x2.yml'
+    assert default_root() == ROOT
+    via_entry_point = load_options(opt, root=default_root())
+    assert via_entry_point['path']['experiments_root'] == str(ROOT / 'experiments' / via_entry_point['name'])
+    assert Path(via_entry_point['datasets']['train']['dataroot_gt']).is_relative_to(ROOT)
+    # the entry point itself, from another directory: options check out (the datasets are found under ROOT)
+    entry = subprocess.run(['vsrkit-train', '-opt', str(opt), '--check-only'], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=300)
+    assert entry.returncode == 0, entry.stdout + entry.stderr
+    assert 'options OK' in entry.stdout and not (tmp_path / 'datasets').exists()
