@@ -249,6 +249,7 @@ def benchmark_main(bench: Benchmark, argv: list[str] | None = None, description:
     parser.add_argument('--out-dir', help='where results.csv / results.json (and images) go; '
                                           f'default results/{bench.name}_<checkpoint name>')
     parser.add_argument('--save-images', action='store_true', help='write the scored SR frames as PNG')
+    parser.add_argument('--overwrite', action='store_true', help='replace earlier results in the output folder')
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     try:
@@ -265,12 +266,15 @@ def benchmark_main(bench: Benchmark, argv: list[str] | None = None, description:
         dataset = VideoClipTestDataset({**data_opt, 'scale': bench.scale})
         out_dir = Path(args.out_dir) if args.out_dir else \
             PROJECT_ROOT / 'results' / f"{bench.name}_{model.stem if net is not None else 'bicubic'}"
+        earlier = [str(p) for p in (out_dir / 'results.csv', out_dir / 'results.json', out_dir / 'images') if p.exists()]
+        if earlier and not args.overwrite:  # refused before the evaluation: earlier results are never replaced silently
+            raise FileExistsError(f"{', '.join(earlier)} exist(s); pass --overwrite to replace, or --out-dir elsewhere")
         metrics = standard_metrics(args.crop_border)
         rows = evaluate_clips(net, dataset, bench.scale, metrics, bench.center_frame_only, args.chunk,
                               args.chunk_overlap, dtype, not args.no_bicubic,
                               out_dir / 'images' if args.save_images and net is not None else None,
                               not args.no_progress)
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError, RuntimeError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     average = average_row(rows)

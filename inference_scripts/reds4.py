@@ -5,12 +5,14 @@ Usage:
     python inference_scripts/reds4.py [--model CKPT] [--opt YML] [--gt GT --lq LQ --meta-info TXT]
                                       [--crop-border 0] [--chunk N --chunk-overlap K] [--device cpu|cuda]
                                       [--dtype fp32|fp16|bf16] [--out-dir DIR] [--save-images] [--no-bicubic]
+                                      [--overwrite]
 
 Clips 000, 011, 015 and 020, all frames, x4 (MATLAB-bicubic LR). Every frame is scored with PSNR and SSIM on RGB
 and on Y (``--crop-border`` pixels shaved; the official script uses 0); a clip's numbers are the mean over its
 frames, the average the mean over clips. Bicubic upscaling of the same LR frames is scored beside. Prints the
 table, writes ``results.csv`` and ``results.json`` (atomically) to ``--out-dir`` and, with ``--save-images``,
-the SR frames as ``images/<clip>/<frame>.png``. ``--chunk``: long clips run in overlapping temporal chunks
+the SR frames as ``images/<clip>/<frame>.png``; earlier results there are refused (before evaluating)
+unless ``--overwrite``. ``--chunk``: long clips run in overlapping temporal chunks
 (blended), so memory stays bounded.
 
 Defaults: checkpoint ``experiments/miavsr_reds/models/net_g_latest.pth`` (when absent and no --model is given:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--overwrite', action='store_true', help='replace OUTPUT if it exists')
     args = parser.parse_args(argv)
     try:
+        if Path(args.output).exists() and not args.overwrite:  # refused before any work, not after it
+            raise FileExistsError(f'{args.output} exists; pass --overwrite to replace it')
         colorizer, _ = load_network(args.colorizer, device=args.device)
         interpolator, _ = load_network(args.interpolator, device=args.device)
         if args.alpha is not None:

@@ -5,6 +5,7 @@ Usage:
     python inference_scripts/vimeo90k.py [--model CKPT] [--opt YML] [--gt GT --lq LQ --meta-info TXT]
                                          [--crop-border 0] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
                                          [--out-dir DIR] [--save-images] [--no-bicubic]
+                                         [--overwrite]
 
 Each septuplet's 7 LR frames (x4, MATLAB-bicubic) go through the network; only the centre frame (im4) is
 scored — the published Vimeo-90K-T numbers are its PSNR/SSIM on Y; RGB is reported beside. A row per

@@ -10,8 +10,8 @@
     python scripts/create_lmdb.py --dataset folder --input DIR --output NAME.lmdb
 
 Every run is resumable (rerun the same command after an interruption), never replaces an existing lmdb without
---overwrite, and --verify decodes every key and checks it against meta_info.txt (alone, on existing lmdbs, it
-only verifies).
+--overwrite (every output is checked before the first is written; the refusal names them), and --verify decodes
+every key and checks it against meta_info.txt (alone, on existing lmdbs, it only verifies). Errors are one line.
 """
 from __future__ import annotations
 
@@ -89,14 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError, OSError) as err:
+        print(f'error: {err.args[0] if isinstance(err, KeyError) and err.args else err}', file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
     if args.dataset == 'reds':
         jobs = reds_jobs(args.input, args.scale)
     elif args.dataset == 'vimeo90k':
         jobs = vimeo_jobs(args.input, args.split)
     else:
         if args.output is None:
-            raise SystemExit('--dataset folder needs --output NAME.lmdb')
+            raise ValueError('--dataset folder needs --output NAME.lmdb')
         jobs = [(scan_images(args.input), args.output)]
+    existing = [str(output) for _, output in jobs if output.exists()]
+    if existing and not args.overwrite and not args.verify:  # refused before the first lmdb is written
+        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or --verify to "
+                              'check')
 
     for items, output in jobs:
         if output.exists() and not args.overwrite and args.verify:

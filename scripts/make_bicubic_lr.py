@@ -46,10 +46,15 @@ def make_lr_folder(gt_dir: Path, lr_dir: Path, scale: int, overwrite: bool = Fal
         target.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(target), bicubic_downscale(image, scale)):
             raise OSError(f'could not write {target}')
-    if lr_dir.exists():
-        shutil.rmtree(lr_dir)
     lr_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(lr_dir)
+    if lr_dir.exists():  # --overwrite: the old folder is moved aside, not deleted, until the new one is in place
+        replaced = lr_dir.with_name(f'.{lr_dir.name}.replaced')
+        shutil.rmtree(replaced, ignore_errors=True)
+        lr_dir.rename(replaced)
+        tmp.rename(lr_dir)
+        shutil.rmtree(replaced)
+    else:
+        tmp.rename(lr_dir)
     return len(items)
 
 
