@@ -9,16 +9,17 @@ extrapolates, exactly as the architecture's output contract says.
 Frames come from ``dataroot_gt`` (a folder of frames, or of clip sub-folders such as REDS's ``000/00000000.png``, or
 a BasicSR lmdb) and are converted to grey (BT.601 luma, rounded to uint8) unless ``grey: false``.
 
-Options: dataroot_gt, io_backend ({type: disk|lmdb}), filename_ext, clips (optional list; default all),
-num_frame (even, default 30), grey (default true), gt_size (training crop; None = whole frames), use_hflip,
-use_rot (training), phase, name. Items: ``{'lq': (num_frame/2, C, H, W) even frames, 'gt': (num_frame/2, C, H, W)
-odd frames, 'key': '<clip>/<first frame key>'}``, float in [0, 1], C = 1 (grey) or 3.
+Options: dataroot_gt, io_backend ({type: disk|lmdb}), filename_ext (default png), decode_threads, clips (optional
+list; default all), num_frame (even, default 30), grey (default true), gt_size (training crop; None = whole
+frames), use_hflip, use_rot (training), phase, name. Items: ``{'lq': (num_frame/2, C, H, W) even frames,
+'gt': (num_frame/2, C, H, W) odd frames, 'key': '<clip>/<first frame key>'}``, float in [0, 1], C = 1 (grey) or 3.
 """
 from __future__ import annotations
 
 from torch.utils.data import Dataset
 
-from vsrkit.data.grey_rgb_dataset import augment_frames, frames_tensor, open_frames, random_crop, to_grey
+from vsrkit.data.grey_rgb_dataset import augment_frames, frames_tensor, random_crop, to_grey
+from vsrkit.data.image_store import open_image_store
 from vsrkit.utils.registry import DATASET_REGISTRY, register
 
 
@@ -38,7 +39,7 @@ class EvenOddFrameDataset(Dataset):
         self.train = opt.get('phase', 'train') == 'train'
         self.gt_size = opt.get('gt_size') if self.train else None
         self.grey = bool(opt.get('grey', True))
-        self.frames = open_frames(opt, 'dataroot_gt', self.where)
+        self.frames = open_image_store(opt, 'dataroot_gt', self.where)
         self.chunks = []
         for keys in self.frames.list_clips(opt.get('clips')).values():
             for start in range(0, len(keys) - self.num_frame + 1, self.num_frame):

@@ -7,7 +7,7 @@ ITU-R BT.601 luma weights (OpenCV's ``COLOR_BGR2GRAY``; PIL's ``convert('L')`` u
 like a stored grey frame.
 
 Options: dataroot_gt, dataroot_lq (optional), io_backend ({type: disk|lmdb}), filename_ext (disk, default png),
-clips (optional list of clip sub-folders; default all), gt_size (training crop; None = whole frames), use_hflip,
+decode_threads, clips (optional list of clip sub-folders; default all), gt_size (training crop; None = whole frames), use_hflip,
 use_rot (training), phase, name. Items: ``{'lq': (1, H, W), 'gt': (3, H, W), 'key'}``, float in [0, 1].
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
-from vsrkit.data.video_clips import FrameStore
+from vsrkit.data.image_store import open_image_store
 from vsrkit.utils.registry import DATASET_REGISTRY, register
 
 
@@ -60,12 +60,6 @@ def frames_tensor(frames: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))).float().div_(255.0)
 
 
-def open_frames(opt: dict, key: str, owner: str) -> FrameStore:
-    if not opt.get(key):
-        raise KeyError(f'{owner}.{key}: missing; expected a folder of frames or an lmdb')
-    return FrameStore(opt[key], (opt.get('io_backend') or {}).get('type', 'disk'), opt.get('filename_ext', 'png'))
-
-
 @register(DATASET_REGISTRY)
 class GreyRGBFrameDataset(Dataset):
     """(grey frame, RGB frame) pairs from frame folders (see module docstring)."""
@@ -78,8 +72,8 @@ class GreyRGBFrameDataset(Dataset):
         self.where = f"datasets.{opt.get('name', opt.get('phase', 'dataset'))}"
         self.train = opt.get('phase', 'train') == 'train'
         self.gt_size = opt.get('gt_size') if self.train else None
-        self.rgb = open_frames(opt, 'dataroot_gt', self.where)
-        self.grey = open_frames(opt, 'dataroot_lq', self.where) if opt.get('dataroot_lq') else None
+        self.rgb = open_image_store(opt, 'dataroot_gt', self.where)
+        self.grey = open_image_store(opt, 'dataroot_lq', self.where) if opt.get('dataroot_lq') else None
         clips = self.rgb.list_clips(opt.get('clips'))
         self.keys = [key for keys in clips.values() for key in keys]
         if self.grey is not None:

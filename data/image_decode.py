@@ -17,14 +17,17 @@ import os
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, NamedTuple, Sequence, TypeVar
 
 import cv2
 import imagecodecs
 import numpy as np
 import torch.utils.data
 
-__all__ = ['decode_image', 'png_size', 'parallel_map', 'decode_threads']
+__all__ = ['IMG_EXTENSIONS', 'PNG_HEADER_BYTES', 'PngHeader', 'png_header', 'decode_image', 'parallel_map', 'decode_threads']
+
+# the file suffixes read as images wherever vsrkit lists a folder (datasets, lmdb creation, frame folders)
+IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 READ_FLAGS = {'color': cv2.IMREAD_COLOR, 'grayscale': cv2.IMREAD_GRAYSCALE, 'unchanged': cv2.IMREAD_UNCHANGED}
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -33,20 +36,40 @@ _T = TypeVar('_T')
 _R = TypeVar('_R')
 
 
-def png_size(buffer: bytes | memoryview) -> tuple[int, int] | None:
-    """(height, width) from a PNG's IHDR, or None when ``buffer`` does not start like a PNG."""
-    if len(buffer) < 24 or bytes(buffer[:8]) != _PNG_SIGNATURE or bytes(buffer[12:16]) != b'IHDR':
+# PNG colour type -> channels as OpenCV decodes with IMREAD_UNCHANGED (grey, RGB, palette -> BGR, grey+alpha, RGBA)
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+PNG_HEADER_BYTES = 29  # signature (8), IHDR length and name (8), IHDR data (13)
+
+
+class PngHeader(NamedTuple):
+    """A PNG's IHDR chunk: enough to size an image (and pick its decoder) without decoding it."""
+    height: int
+    width: int
+    bit_depth: int
+    colour_type: int
+    interlace: int
+
+    @property
+    def channels(self) -> int:
+        """Channels as OpenCV decodes the image with IMREAD_UNCHANGED."""
+        return _PNG_CHANNELS[self.colour_type]
+
+
+def png_header(buffer: bytes | memoryview) -> PngHeader | None:
+    """The IHDR of a PNG (the first :data:`PNG_HEADER_BYTES` bytes suffice), or None when ``buffer`` does not start
+    like a PNG or its colour type is not one the PNG standard defines."""
+    if (len(buffer) < PNG_HEADER_BYTES or bytes(buffer[:8]) != _PNG_SIGNATURE
+            or bytes(buffer[12:16]) != b'IHDR'):
         return None
-    width, height = struct.unpack('>II', bytes(buffer[16:24]))
-    return height, width
+    width, height, bit_depth, colour_type, _, _, interlace = struct.unpack('>IIBBBBB', bytes(buffer[16:29]))
+    if colour_type not in _PNG_CHANNELS:
+        return None
+    return PngHeader(height, width, bit_depth, colour_type, interlace)
 
 
-def _is_rgb8_png(buffer: bytes | memoryview) -> bool:
+def _is_rgb8_png(header: PngHeader | None) -> bool:
     """An 8-bit truecolour PNG without alpha, not interlaced: the format BasicSR's and our lmdb writers store."""
-    if len(buffer) < 33 or png_size(buffer) is None:
-        return False
-    bit_depth, colour_type, _, _, interlace = struct.unpack('>BBBBB', bytes(buffer[24:29]))
-    return bit_depth == 8 and colour_type == 2 and interlace == 0
+    return header is not None and header.bit_depth == 8 and header.colour_type == 2 and header.interlace == 0
 
 
 def _scanlines(buffer: bytes | memoryview, height: int, width: int) -> bytes:
@@ -79,9 +102,9 @@ def _stored_png(ihdr: bytes, scanlines: memoryview) -> bytes:
                      _IEND))
 
 
-def _decode_rgb8_png(buffer: bytes | memoryview, rows: int | None) -> np.ndarray:
+def _decode_rgb8_png(buffer: bytes | memoryview, header: PngHeader, rows: int | None) -> np.ndarray:
     """RGB (rows, W, 3) of an RGB8 PNG: libdeflate inflates, libspng unfilters only the ``rows`` needed."""
-    height, width = png_size(buffer)
+    height, width = header.height, header.width
     rows = height if rows is None else min(rows, height)
     scanlines = memoryview(_scanlines(buffer, height, width))[:rows * (1 + 3 * width)]
     ihdr = struct.pack('>II', width, rows) + bytes(buffer[24:29])
@@ -101,9 +124,10 @@ def decode_image(buffer: bytes | memoryview, flag: str = 'color', *, source: str
     if rows is not None and rows < 1:
         raise ValueError(f'rows must be a positive number of rows to decode, got {rows} '
                          f'(image {source or "<bytes>"}).')
-    if flag == 'color' and _is_rgb8_png(buffer):
+    header = png_header(buffer) if flag == 'color' else None
+    if _is_rgb8_png(header):
         try:
-            rgb = _decode_rgb8_png(buffer, rows)
+            rgb = _decode_rgb8_png(buffer, header, rows)
         except (imagecodecs.DeflateError, imagecodecs.SpngError, struct.error) as err:
             raise ValueError(f'Cannot decode the image {source or "<bytes>"}: corrupt PNG ({err}; '
                              f'{len(buffer)} bytes).') from None

@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import struct
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Union
 
@@ -33,14 +32,13 @@ import cv2
 import lmdb
 import numpy as np
 
-from vsrkit.data.image_decode import decode_image, parallel_map
+from vsrkit.data.image_decode import IMG_EXTENSIONS, decode_image, parallel_map, png_header
 
 __all__ = ['MetaInfo', 'META_INFO_NAME', 'IMG_EXTENSIONS', 'lmdb_env', 'close_lmdb_envs', 'read_meta_info',
            'format_meta_line', 'LmdbImageReader', 'decode_image', 'encode_png', 'write_lmdb',
            'make_lmdb_from_folder', 'scan_images', 'verify_lmdb', 'incomplete_path']
 
 META_INFO_NAME = 'meta_info.txt'
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 PathLike = Union[str, os.PathLike]
 ImageSource = Union[np.ndarray, PathLike]
 
@@ -220,15 +218,6 @@ def _shape3(img: np.ndarray) -> tuple[int, int, int]:
     return (img.shape[0], img.shape[1], 1) if img.ndim == 2 else (img.shape[0], img.shape[1], img.shape[2])
 
 
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # PNG colour type -> channels as cv2 decodes with IMREAD_UNCHANGED
-
-
-def _png_shape(buffer: bytes | memoryview) -> tuple[int, int, int]:
-    """(h, w, c) from a PNG's IHDR chunk: the resume path learns the shape of a stored key without decoding it."""
-    width, height, _, colour_type = struct.unpack('>IIBB', bytes(buffer[16:26]))
-    return height, width, _PNG_CHANNELS[colour_type]
-
-
 def _check_key(key: str) -> bytes:
     try:
         raw = key.encode('ascii')
@@ -329,8 +318,10 @@ def _stream_into(env: lmdb.Environment, items: Iterable[tuple[str, ImageSource]]
         for key, source in items:
             raw = _check_key(key)
             with env.begin(buffers=True) as txn:
+                # a resumed run learns a committed key's shape from its PNG header, without decoding it
                 stored = txn.get(raw)
-                shape = None if stored is None else _png_shape(stored)
+                header = None if stored is None else png_header(stored)
+                shape = None if header is None else (header.height, header.width, header.channels)
             if shape is None:
                 img = _load(source, key)
                 value = encode_png(img, compress_level)

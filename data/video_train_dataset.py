@@ -41,7 +41,8 @@ from torch.utils import data
 
 from basicsr.data.transforms import augment
 
-from vsrkit.data.video_clips import Clip, check_scale, frames_to_tensor, make_frame_store, read_clip_meta_info
+from vsrkit.data.image_store import open_image_store
+from vsrkit.data.video_clips import Clip, check_scale, frames_to_tensor, read_clip_meta_info
 from vsrkit.utils.registry import DATASET_REGISTRY, register
 
 __all__ = ['VideoTrainDataset', 'REDSWindowDataset', 'REDSClipDataset', 'Vimeo90KWindowDataset',
@@ -77,8 +78,8 @@ class VideoTrainDataset(data.Dataset):
         if any(not isinstance(i, int) or i < 1 for i in self.interval_list):
             raise ValueError(f'{owner}: interval_list must hold positive integers, got {self.interval_list}.')
 
-        self.gt_store = make_frame_store(opt, 'dataroot_gt', owner)
-        self.lq_store = make_frame_store(opt, 'dataroot_lq', owner)
+        self.gt_store = open_image_store(opt, 'dataroot_gt', owner)
+        self.lq_store = open_image_store(opt, 'dataroot_lq', owner)
         self.clips = self.select_clips(self._read_clips(owner))
         if not self.clips:
             raise ValueError(f'{owner}: no training clips left (meta_info_file {opt.get("meta_info_file")}, '

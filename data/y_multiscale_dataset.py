@@ -16,9 +16,10 @@ trains without a preparation step:
 - validation / test (``phase`` other than train): whole images, cropped to a multiple of the scale, at the one
   scale ``scales`` must then hold.
 
-Options: dataroot_gt (folder, searched recursively, or lmdb folder), io_backend ({type: disk|lmdb}), scales
-(default [2, 3, 4]), gt_size (training patch size, default 41), patches_per_image (training, default 1),
-use_hflip / use_rot (default True / False, the original used none), phase, name. A top-level ``scale`` (which
+Options: dataroot_gt (folder, searched recursively, or lmdb folder), io_backend ({type: disk|lmdb}), filename_ext
+(disk: only this suffix; default any image), decode_threads, scales (default [2, 3, 4]), gt_size (training patch
+size, default 41), patches_per_image (training, default 1), use_hflip / use_rot (default True / False, the
+original used none), phase, name. A top-level ``scale`` (which
 BasicSR copies into every dataset) is ignored: VDSR's network sees already upscaled inputs, its options use
 ``scale: 1``.
 
@@ -28,9 +29,7 @@ Items: ``{'lq': (1, H, W), 'gt': (1, H, W), 'scale': s, 'origin': (top, left) of
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -39,7 +38,7 @@ import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.data.transforms import augment
 from basicsr.utils.color_util import bgr2ycbcr
 from basicsr.utils.matlab_functions import imresize
-from vsrkit.data.lmdb_io import LmdbImageReader, read_meta_info, scan_images
+from vsrkit.data.image_store import open_image_store
 from vsrkit.utils.color import mod_crop
 from vsrkit.utils.registry import DATASET_REGISTRY, register
 
@@ -77,33 +76,13 @@ class YMultiScaleDataset(Dataset):
             raise ValueError(f'{where}.scales: validation scores one scale, got {self.scales}')
         self.gt_size = int(opt.get('gt_size', 41))
         self.patches_per_image = int(opt.get('patches_per_image', 1)) if self.train else 1
-        root = Path(opt['dataroot_gt'])
-        backend = (opt.get('io_backend') or {}).get('type', 'disk')
-        if backend == 'lmdb':
-            self.reader = LmdbImageReader(root)
-            self.sources = {entry.key: entry.key for entry in read_meta_info(root)}
-        elif backend == 'disk':
-            if not root.is_dir():
-                raise FileNotFoundError(f'{where}.dataroot_gt: {root} is not a folder')
-            self.reader = None
-            self.sources = {key: path for key, path in scan_images(root)}
-        else:
-            raise ValueError(f"{where}.io_backend.type: expected 'disk' or 'lmdb', got {backend!r}")
-        self.keys = sorted(self.sources)
+        self.store = open_image_store(opt, 'dataroot_gt', where, ext=None)
+        self.keys = sorted(self.store.keys())
         if not self.keys:
-            raise FileNotFoundError(f'{where}.dataroot_gt: no images in {root}')
-        self.root = root
+            raise FileNotFoundError(f"{where}.dataroot_gt: no images in {opt['dataroot_gt']}")
 
     def __len__(self) -> int:
         return len(self.keys) * self.patches_per_image
-
-    def read(self, key: str) -> np.ndarray:
-        if self.reader is not None:
-            return self.reader.get_image(key)
-        image = cv2.imread(str(self.sources[key]), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f'cannot decode image {self.sources[key]}')
-        return image
 
     def region_size(self, scale: int) -> int:
         """Side of the degraded region around a patch: patch + sub-grid offset + margins, a multiple of ``scale``."""
@@ -113,14 +92,14 @@ class YMultiScaleDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         key = self.keys[index // self.patches_per_image]
         scale = random.choice(self.scales) if self.train else self.scales[0]
-        y = mod_crop(y_channel(self.read(key)), scale)
+        y = mod_crop(y_channel(self.store.read([key])[0]), scale)
         if not self.train:
             gt, lq, origin = y, degrade(y, scale), (0, 0)
         else:
             size = self.region_size(scale)
             h, w = y.shape
             if min(h, w) < size:
-                raise ValueError(f'{self.sources[key]} is {h}x{w}: too small for {self.gt_size}x{self.gt_size} '
+                raise ValueError(f'{self.store.where(key)} is {h}x{w}: too small for {self.gt_size}x{self.gt_size} '
                                  f'patches at scale {scale} (needs {size}x{size} with the bicubic margins)')
             top = scale * random.randrange((h - size) // scale + 1)
             left = scale * random.randrange((w - size) // scale + 1)
@@ -136,4 +115,4 @@ class YMultiScaleDataset(Dataset):
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).unsqueeze(0)
 
         return {'lq': tensor(lq), 'gt': tensor(gt), 'scale': scale, 'origin': origin, 'key': key,
-                'lq_path': str(self.sources[key])}
+                'lq_path': self.store.path(key)}

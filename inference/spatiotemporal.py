@@ -21,8 +21,8 @@ from torch import nn
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.metrics import calculate_psnr, calculate_ssim
-from vsrkit.data.lmdb_io import IMG_EXTENSIONS
-from vsrkit.data.video_clips import natural_key
+from vsrkit.data.image_decode import IMG_EXTENSIONS
+from vsrkit.data.image_store import natural_key
 
 
 def read_frames(path: str | os.PathLike) -> list[np.ndarray]:

@@ -8,7 +8,8 @@ import pytest
 import skimage.data
 import torch.utils.data
 
-from vsrkit.data.image_decode import _is_rgb8_png, decode_image, decode_threads, parallel_map, png_size
+from vsrkit.data.image_decode import (PNG_HEADER_BYTES, PngHeader, _is_rgb8_png, decode_image, decode_threads, parallel_map,
+                                      png_header)
 
 
 def png(img: np.ndarray, level: int = 1) -> bytes:
@@ -25,7 +26,7 @@ def photo_bgr() -> np.ndarray:
 @pytest.mark.parametrize('level', [0, 1, 9])
 def test_rgb8_png_takes_the_fast_path_and_equals_opencv(photo_bgr, level):
     data = png(photo_bgr, level)
-    assert _is_rgb8_png(data) and _is_rgb8_png(memoryview(data))
+    assert _is_rgb8_png(png_header(data)) and _is_rgb8_png(png_header(memoryview(data)))
     out = decode_image(data)
     assert out.dtype == np.uint8 and out.flags.c_contiguous
     np.testing.assert_array_equal(out, cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
@@ -42,7 +43,7 @@ def test_other_formats_follow_opencv_imread_color(photo_bgr, kind):
         data = png(photo_bgr.astype(np.uint16) * 257)
     else:
         data = cv2.imencode('.jpg', photo_bgr)[1].tobytes()
-    assert not _is_rgb8_png(data)
+    assert not _is_rgb8_png(png_header(data))
     expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     np.testing.assert_array_equal(decode_image(data), expected)
     assert decode_image(data).shape == ((512, 512, 3) if kind == 'grey' else photo_bgr.shape)
@@ -57,10 +58,30 @@ def test_grayscale_and_unchanged_flags(photo_bgr):
         decode_image(data, 'colour')
 
 
+@pytest.mark.parametrize('kind, header', [
+    ('rgb', PngHeader(512, 512, 8, 2, 0)), ('grey', PngHeader(512, 512, 8, 0, 0)),
+    ('bgra', PngHeader(512, 512, 8, 6, 0)), ('uint16', PngHeader(512, 512, 16, 2, 0)),
+    ('crop', PngHeader(100, 37, 8, 2, 0))])
+def test_png_header_against_what_opencv_decodes(photo_bgr, kind, header):
+    """The one PNG header parser: sizes, bit depth and colour type from the first bytes, channels as OpenCV's
+    IMREAD_UNCHANGED decodes them (what the lmdb writer records)."""
+    img = {'rgb': photo_bgr, 'grey': skimage.data.camera(), 'crop': photo_bgr[:100, :37],
+           'bgra': np.dstack([photo_bgr, np.full(photo_bgr.shape[:2], 128, np.uint8)]),
+           'uint16': photo_bgr.astype(np.uint16) * 257}[kind]
+    data = png(img)
+    assert png_header(data[:PNG_HEADER_BYTES]) == header == png_header(memoryview(data))
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert (header.height, header.width, header.channels) == (*decoded.shape[:2], 1 if decoded.ndim == 2 else
+                                                               decoded.shape[2])
+    assert _is_rgb8_png(header) == (kind in ('rgb', 'crop'))
+    jpeg = cv2.imencode('.jpg', photo_bgr)[1].tobytes()
+    for not_png in (b'GIF89a' + data[6:], data[:PNG_HEADER_BYTES - 1], jpeg):
+        assert png_header(not_png) is None
+
+
 @pytest.mark.parametrize('rows', [1, 100, 511, 512, 600])
 def test_rows_decodes_the_top_rows_only(photo_bgr, rows):
     data = png(photo_bgr)
-    assert png_size(data) == (512, 512) and png_size(b'GIF89a' + data[6:]) is None
     np.testing.assert_array_equal(decode_image(data, rows=rows), photo_bgr[:rows])
     grey = png(cv2.cvtColor(photo_bgr, cv2.COLOR_BGR2GRAY))  # not the fast path: decoded whole, then sliced
     np.testing.assert_array_equal(decode_image(grey, rows=rows), decode_image(grey)[:rows])
