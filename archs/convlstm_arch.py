@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from vsrkit.archs.spec import ArchSpec, ModelIO, count_indices, register_spec
 from vsrkit.utils.registry import ARCH_REGISTRY, register
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
@@ -122,3 +123,20 @@ class ConvLSTM(nn.Module):
             if t < t_len - 2:
                 state = self._step((1 - self.alpha) * x[:, t] + self.alpha * x[:, t + 1], state)
         return torch.stack(frames, dim=1), state
+
+
+def _infer(s: dict[str, torch.Tensor]) -> dict:
+    n = count_indices(s, r'cells\.(\d+)\.conv\.weight')
+    weights = [s[f'cells.{i}.conv.weight'] for i in range(n)]
+    hidden = [w.shape[0] // 4 for w in weights]  # the four gates' convs are one conv
+    inputs = [w.shape[1] - h for w, h in zip(weights, hidden)]
+    # Stacked only when the shapes prove it: later layers read the previous width and that is not input_dim.
+    stacked = n > 1 and inputs[1:] == hidden[:-1] and inputs[1:] != [inputs[0]] * (n - 1)
+    return {'input_dim': inputs[0], 'hidden_dims': hidden, 'num_layers': n,
+            'kernel_size': list(weights[0].shape[2:]), 'stack_layers': stacked}
+
+
+register_spec(ArchSpec(
+    'ConvLSTM', present=('cells.0.conv.weight',), infer=_infer,
+    io=lambda o: ModelIO('clip', 'grey', o['input_dim'], list(o['hidden_dims'])[-1], 1),
+    notes='alpha keeps its default (0.5) unless given'))

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from vsrkit.archs.spec import ArchSpec, register_spec, scale_from_channels, single_frame_io
 from vsrkit.utils.registry import ARCH_REGISTRY, register
 
 
@@ -72,3 +73,15 @@ class ELSR(nn.Module):
         """x: (B, C, H, W) LR in [0, 1] → (B, C, scale·H, scale·W)."""
         out = self.layer6(self.layer5(self.layer2_4(self.layer1(x))))
         return out.clamp(0, 1) if self.clamp_output else out
+
+
+def _infer(s: dict[str, torch.Tensor]) -> dict:
+    num_feat, in_channels = s['layer1.weight'].shape[:2]
+    return {'in_channels': in_channels, 'num_feat': num_feat,
+            'scale': scale_from_channels(s['layer5.weight'].shape[0], in_channels, 'layer5.weight')}
+
+
+register_spec(ArchSpec(
+    'ELSR', present=('layer1.weight', 'layer2_4.conv1.weight', 'layer2_4.prelu.weight', 'layer5.weight'),
+    infer=_infer, io=lambda o: single_frame_io(o['in_channels'], o['in_channels'], o['scale']),
+    notes='clamp_output keeps its default (False) unless given'))

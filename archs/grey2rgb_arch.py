@@ -17,12 +17,14 @@ The two published configurations (the constructor keyword arguments, usable as `
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from vsrkit.archs.spec import ArchSpec, ModelIO, register_spec
 from vsrkit.utils.registry import ARCH_REGISTRY, register
 
 GREY2RGB_RELEASES: dict[str, dict[str, Any]] = {
@@ -90,3 +92,23 @@ class Grey2RGBAutoEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_channels, H, W) grey in [0, 1] → (B, decoder_channels[-1], H, W) in (0, 1)."""
         return self.decoder(self.encoder(x))
+
+
+def _infer(s: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def out_channels(stage: str, transposed: bool) -> list[int]:
+        # Conv weights are 4-d; a BatchNorm between them has 1-d weights at the next index.
+        convs = sorted(int(m.group(1)) for k in s if (m := re.match(rf'{stage}\.(\d+)\.weight$', k))
+                       and s[k].dim() == 4)
+        return [s[f'{stage}.{i}.weight'].shape[1 if transposed else 0] for i in convs]
+
+    batch_norm = any(k.endswith('running_mean') for k in s)
+    # The two releases tie the activation to BatchNorm (v3.0: BatchNorm + LeakyReLU, head: ReLU alone).
+    return {'in_channels': s['encoder.0.weight'].shape[1], 'encoder_channels': out_channels('encoder', False),
+            'decoder_channels': out_channels('decoder', True), 'batch_norm': batch_norm,
+            'activation': 'leaky_relu' if batch_norm else 'relu'}
+
+
+register_spec(ArchSpec(
+    'Grey2RGBAutoEncoder', present=('encoder.0.weight', 'decoder.0.weight'), infer=_infer,
+    io=lambda o: ModelIO('frame', 'grey', o['in_channels'], list(o['decoder_channels'])[-1], 1),
+    notes='activation follows the releases (BatchNorm: leaky_relu, none: relu) unless given'))

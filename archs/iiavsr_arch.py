@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from vsrkit.archs.mia_network import RecurrentInterIntraVSR
+from vsrkit.archs.miavsr_arch import MIA_MASK_KEY, mia_io, mia_options
+from vsrkit.archs.spec import ArchSpec, register_spec
 from vsrkit.utils.registry import ARCH_REGISTRY, register
 
 
@@ -41,3 +43,10 @@ class IIAVSR(RecurrentInterIntraVSR):
                          patch_size, mlp_ratio, drop_path_rate, is_low_res_input, with_mask_predictor=False,
                          use_mask=False, gumbel_noise=False, mask_temperature=2 / 3, spynet_path=spynet_path,
                          use_checkpoint=use_checkpoint, skip=skip)
+
+
+register_spec(ArchSpec(
+    'IIAVSR', present=('patch_align.forward_2.layers.0.residual_group.blocks.0.attn.qkv.weight', 'conv_first.weight',
+                       'spynet.basic_module.0.basic_module.0.weight'),
+    absent=(MIA_MASK_KEY,), infer=mia_options, io=mia_io,
+    notes='drop_path_rate and skip keep their defaults unless given'))

@@ -1,252 +1,153 @@
-"""Recognise the architecture of a checkpoint from its keys and shapes, build it and load it strictly.
+"""The one generic loader: recognise a checkpoint's architecture, build it, load it strictly.
 
-``detect_architecture(state_dict_or_checkpoint) -> (arch_name, options)`` reads the parameter names and shapes
-(through ``params`` / ``params_ema`` wrappers and ``module.`` prefixes, see
-:func:`vsrkit.utils.checkpoint.extract_state_dict`) and infers the constructor arguments that shapes determine:
+Everything that loads a network goes through here — training's ``pretrain_network_g``, video upscaling, image
+and video evaluation, checkpoint conversion — and reads only the architectures' specs
+(:mod:`vsrkit.archs.spec`, one beside each class; basicsr's in :mod:`vsrkit.archs.basicsr_specs`):
 
-============================  ==========================================================================
-ViTSR                         in_chans, embed_dim, mlp_dim, depth, scale, share_weights (tied layers)
-ELSR                          scale, in_channels, num_feat
-VDSR                          num_layers, widths (pruned networks: per-layer widths)
-Grey2RGBAutoEncoder           channels, batch_norm (v3.0: with BatchNorm + LeakyReLU; head: ReLU)
-ConvLSTM                      input_dim, hidden_dims, num_layers, kernel_size, stack_layers
-MIAVSR / IIAVSR               in/mid channels, embed_dim, depths, num_heads, window_size, mlp_ratio
-BasicVSR / IconVSR (basicsr)  num_feat, num_block (IconVSR: temporal_padding)
-EDVR (basicsr)                num_in_ch, num_out_ch, num_feat, num_frame, deformable_groups, block counts,
-                              with_tsa, with_predeblur, hr_in (with predeblur only)
-============================  ==========================================================================
+1. detect: :func:`detect_architecture` reads the parameter names (through ``params`` / ``params_ema`` wrappers
+   and ``module.`` prefixes, :func:`vsrkit.utils.checkpoint.extract_state_dict`), finds the one spec whose key
+   signature fits (each spec's ``remap`` applied first; the signatures exclude each other, two fitting is a bug
+   reported as such) and infers the constructor options its shapes fix (``spec.infer``);
+2. build: options, lowest precedence first: inferred from shapes < the checkpoint's own ``network_g`` <
+   ``options`` (a dict, or an options YAML whose ``network_g`` is used) / ``arch``;
+3. load strictly: the state dict (the spec's ``remap`` applied) must fit the network key for key and shape for
+   shape; otherwise one message lists every missing, unexpected and differently shaped key
+   (:func:`check_state_dict_fits`), never a load_state_dict traceback.
 
-What shapes cannot tell keeps the constructor default and can be given as options: ViTSR's ``num_heads``
-(the packed in-projection hides it; 4 as in the seed), ``window_size`` and ``residual``; ConvLSTM's ``alpha``;
-IconVSR's ``keyframe_stride``; EDVR's ``center_frame_idx``. ``stack_layers`` of ConvLSTM is True only when the
-shapes prove it (layer inputs of the previous layer's width differing from ``input_dim``); the activation of a
-Grey2RGBAutoEncoder follows the two published releases (BatchNorm ⇒ LeakyReLU, none ⇒ ReLU).
+``load_model(path, arch=None, options=None, device='cpu') -> (net, info)``, info = {'arch', 'options', 'io'
+(:class:`ModelIO`), 'source'}. An unrecognised checkpoint raises one ValueError naming every architecture that can
+be recognised.
 
-``load_model(path, arch=None, options=None)`` builds the network and loads it with ``strict=True``. Precedence of
-the options, lowest first: detected from shapes < the checkpoint's own ``network_g`` < ``options`` (a dict or an
-options YAML whose ``network_g`` is used) / ``arch``. ``model_io(arch, options)`` describes how a video
-upscaler must feed a network (:class:`ModelIO`).
+A registered architecture without a spec works when named with ``arch`` / ``options``: it is taken as a
+single-frame network (:func:`default_io`, no test calls): its input / output channels from the options
+(``num_in_ch`` / ``in_chans`` / ``in_channels`` / ``in_nc`` and the ``out`` counterparts), else from the first and
+the last convolution the network registers; 3 channels are RGB, 1 grey; its scale from the options' ``scale`` /
+``upscale`` / ``upscale_factor`` (constructor defaults included), else 1 (the network keeps the size).
 """
 from __future__ import annotations
 
 import inspect
-import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
 from torch import nn
 
+import vsrkit.utils  # noqa: F401  (the basicsr compatibility shim before basicsr is imported)
 import basicsr.archs  # noqa: F401  (registers basicsr's architectures)
-import vsrkit.archs  # noqa: F401  (registers vsrkit's)
+import vsrkit.archs  # noqa: F401  (registers vsrkit's, and every spec)
+from vsrkit.archs.spandrel_specs import load_spandrel, spandrel_architectures
+from vsrkit.archs.spec import ARCH_SPECS, ModelIO, StateDict, matching_specs, single_frame_io
 from vsrkit.utils.checkpoint import extract_state_dict, load_file
-from vsrkit.utils.legacy_checkpoint import vdsr_widths
 from vsrkit.utils.registry import ARCH_REGISTRY
+from vsrkit.utils.signature import signature_problem
 
-StateDict = dict[str, torch.Tensor]
+__all__ = ['ModelIO', 'detect_architecture', 'check_state_dict_fits', 'load_state', 'read_state_dict',
+           'build_network', 'load_model', 'standard_checkpoint', 'model_io', 'default_io']
 
-
-@dataclass(frozen=True)
-class ModelIO:
-    """How frames go into a network and come out.
-
-    Attributes:
-        temporal: 'frame' (one frame in, one out: batched), 'window' (``window`` neighbouring frames in, the
-            centre frame out: (n, window, C, h, w) -> (n, C, H, W)) or 'clip' (recurrent: (n, t, C, h, w) ->
-            (n, t, C, H, W), run over overlapping temporal chunks).
-        color: 'rgb', 'grey' (luma in, e.g. 1-channel networks) or 'y_bicubic' (VDSR: the Y channel of the
-            bicubic-upscaled frame in, refined Y out, recombined with the bicubic Cb/Cr).
-        in_channels / out_channels: 3 (RGB) or 1 (grey / Y).
-        scale: spatial factor of the network's output over its input (VDSR: 1; the upscaler's --scale applies).
-        multiple: height and width must be multiples of this (inputs are padded, outputs cropped).
-        min_size: smallest height/width the network accepts (smaller inputs are padded).
-        window: frames per window for temporal == 'window'.
-    """
-
-    temporal: str
-    color: str
-    in_channels: int
-    out_channels: int
-    scale: int
-    multiple: int = 1
-    min_size: int = 1
-    window: int = 1
-
-    def describe(self) -> str:
-        kind = {'frame': 'single frame', 'window': f'sliding window of {self.window} frames',
-                'clip': 'recurrent clip'}[self.temporal]
-        color = {'rgb': 'RGB', 'grey': 'grey', 'y_bicubic': 'Y channel of the bicubic upscale'}[self.color]
-        return f'{kind}, {color} {self.in_channels}->{self.out_channels} channels, x{self.scale}'
+_IN_KEYS = ('num_in_ch', 'in_chans', 'in_channels', 'in_nc')
+_OUT_KEYS = ('num_out_ch', 'out_chans', 'out_channels', 'out_nc')
+_SCALE_KEYS = ('scale', 'upscale', 'upscale_factor')
 
 
-def _count(state: StateDict, pattern: str) -> int:
-    """Number of distinct integers N for which some key matches ``pattern`` (a regex with one (\\d+) group)."""
-    rx = re.compile(pattern)
-    return len({int(m.group(1)) for k in state if (m := rx.match(k))})
+# -------------------------------------------------------------------------------------------------- detect
+def _unrecognised(source: str, state: StateDict) -> str:
+    sample = ', '.join(list(state)[:6])
+    return (f'{source}: unrecognised architecture (keys start {sample}, ...); recognised from their keys: '
+            f'{", ".join(sorted(ARCH_SPECS))}; through spandrel: {", ".join(spandrel_architectures())}. '
+            'Name another registered network with --arch / --opt')
 
 
-def _scale_from(out_channels: int, in_channels: int, key: str) -> int:
-    scale = math.isqrt(out_channels // in_channels)
-    if scale * scale * in_channels != out_channels:
-        raise ValueError(f'{key}: {out_channels} output channels is not in_channels x scale^2 for any scale')
-    return scale
+def _detect(state: StateDict, source: str) -> tuple[str, dict[str, Any]] | None:
+    """(name, options from shapes) of the one spec that fits ``state``, None when none does."""
+    found = matching_specs(state)
+    if len(found) > 1:
+        raise ValueError(f'{source}: fits the key signatures of {[s.name for s in found]}; the specs must exclude '
+                         'each other (a bug in vsrkit: make their present/absent keys tell them apart)')
+    if not found:
+        return None
+    spec = found[0]
+    try:
+        return spec.name, spec.infer(spec.remapped(state))
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f'{source}: looks like {spec.name} but its shapes do not fit: {err}') from None
 
 
-def _vitsr(s: StateDict) -> dict[str, Any]:
-    depth = _count(s, r'transformer\.layers\.(\d+)\.')
-    in_chans, embed_dim = s['patch_embed.weight'].shape[1], s['patch_embed.weight'].shape[0]
-    layer_keys = [k[len('transformer.layers.0.'):] for k in s if k.startswith('transformer.layers.0.')]
-    tied = all(torch.equal(s[f'transformer.layers.0.{k}'], s[f'transformer.layers.{i}.{k}'])
-               for i in range(1, depth) for k in layer_keys)
-    return {'in_chans': in_chans, 'embed_dim': embed_dim, 'depth': depth,
-            'mlp_dim': s['transformer.layers.0.linear1.weight'].shape[0],
-            'scale': _scale_from(s['upsample.0.weight'].shape[0], in_chans, 'upsample.0.weight'),
-            'share_weights': tied}
-
-
-def _elsr(s: StateDict) -> dict[str, Any]:
-    num_feat, in_channels = s['layer1.weight'].shape[:2]
-    return {'in_channels': in_channels, 'num_feat': num_feat,
-            'scale': _scale_from(s['layer5.weight'].shape[0], in_channels, 'layer5.weight')}
-
-
-def _vdsr(s: StateDict) -> dict[str, Any]:
-    widths = vdsr_widths(s)
-    return {'num_channels': max(widths), 'num_layers': len(widths) - 1, 'widths': widths}
-
-
-def _grey2rgb(s: StateDict) -> dict[str, Any]:
-    def out_channels(stage: str, transposed: bool) -> list[int]:
-        convs = sorted(int(m.group(1)) for k in s if (m := re.match(rf'{stage}\.(\d+)\.weight$', k))
-                       and s[k].dim() == 4)
-        return [s[f'{stage}.{i}.weight'].shape[1 if transposed else 0] for i in convs]
-
-    batch_norm = any(k.endswith('running_mean') for k in s)
-    first = min((k for k in s if re.match(r'encoder\.\d+\.weight$', k)), key=lambda k: int(k.split('.')[1]))
-    return {'in_channels': s[first].shape[1], 'encoder_channels': out_channels('encoder', False),
-            'decoder_channels': out_channels('decoder', True), 'batch_norm': batch_norm,
-            'activation': 'leaky_relu' if batch_norm else 'relu'}
-
-
-def _convlstm(s: StateDict) -> dict[str, Any]:
-    n = _count(s, r'cells\.(\d+)\.conv\.weight')
-    weights = [s[f'cells.{i}.conv.weight'] for i in range(n)]
-    hidden = [w.shape[0] // 4 for w in weights]
-    inputs = [w.shape[1] - h for w, h in zip(weights, hidden)]
-    stacked = n > 1 and inputs[1:] == hidden[:-1] and inputs[1:] != [inputs[0]] * (n - 1)
-    return {'input_dim': inputs[0], 'hidden_dims': hidden, 'num_layers': n,
-            'kernel_size': list(weights[0].shape[2:]), 'stack_layers': stacked}
-
-
-def _window_size(table_rows: int, index_shape: tuple[int, int]) -> list[int]:
-    """(frames, h, w) of a window from its relative-position table rows = t(2h-1)(2w-1) and index (h·w, t·h·w)."""
-    queries, keys = index_shape
-    frames = keys // queries
-    candidates = [(h, queries // h) for h in range(1, queries + 1) if queries % h == 0
-                  and frames * (2 * h - 1) * (2 * (queries // h) - 1) == table_rows]
-    if not candidates:
-        raise ValueError(f'relative_position_bias_table with {table_rows} rows fits no window of {queries} tokens')
-    h, w = min(candidates, key=lambda hw: abs(hw[0] - hw[1]))  # the squarest (the published windows are square)
-    return [frames, h, w]
-
-
-def _mia(s: StateDict) -> dict[str, Any]:
-    branch = 'patch_align.backward_1.layers'
-    groups = _count(s, rf'{branch}\.(\d+)\.')
-    depths = [_count(s, rf'{branch}\.{g}\.residual_group\.blocks\.(\d+)\.') for g in range(groups)]
-    block0 = f'{branch}.0.residual_group.blocks.0'
-    table = s[f'{block0}.attn.relative_position_bias_table']
-    embed_dim = s['conv_first.weight'].shape[0]
-    return {'in_channels': s['conv_first.weight'].shape[1], 'mid_channels': s['conv_before_upsample.weight'].shape[0],
-            'embed_dim': embed_dim, 'depths': depths,
-            'num_heads': [s[f'{branch}.{g}.residual_group.blocks.0.attn.relative_position_bias_table'].shape[1]
-                          for g in range(groups)],
-            'window_size': _window_size(table.shape[0], tuple(s[f'{block0}.attn.relative_position_index'].shape)),
-            'mlp_ratio': s[f'{block0}.mlp.fc1.weight'].shape[0] / embed_dim}
-
-
-def _basicvsr(s: StateDict) -> dict[str, Any]:
-    return {'num_feat': s['backward_trunk.main.0.weight'].shape[0],
-            'num_block': _count(s, r'backward_trunk\.main\.2\.(\d+)\.conv1\.weight')}
-
-
-def _iconvsr(s: StateDict) -> dict[str, Any]:
-    num_feat = s['backward_trunk.main.0.weight'].shape[0]
-    num_frame = s['edvr.fusion.feat_fusion.weight'].shape[1] // num_feat
-    return {**_basicvsr(s), 'temporal_padding': num_frame // 2}
-
-
-def _edvr(s: StateDict) -> dict[str, Any]:
-    predeblur = 'predeblur.conv_first.weight' in s
-    first = s['predeblur.conv_first.weight' if predeblur else 'conv_first.weight']
-    num_feat = first.shape[0]
-    tsa = 'fusion.feat_fusion.weight' in s
-    fusion_in = s['fusion.feat_fusion.weight' if tsa else 'fusion.weight'].shape[1]
-    return {'num_in_ch': first.shape[1], 'num_out_ch': s['conv_last.weight'].shape[0], 'num_feat': num_feat,
-            'num_frame': fusion_in // num_feat,
-            'deformable_groups': s['pcd_align.dcn_pack.l1.conv_offset.weight'].shape[0] // 27,
-            'num_extract_block': _count(s, r'feature_extraction\.(\d+)\.conv1\.weight'),
-            'num_reconstruct_block': _count(s, r'reconstruction\.(\d+)\.conv1\.weight'),
-            'hr_in': 'predeblur.stride_conv_hr1.weight' in s, 'with_predeblur': predeblur, 'with_tsa': tsa}
-
-
-# (name, keys that must all be present, keys that must all be absent, options from shapes). Checked in order:
-# the first match wins, so more specific signatures (IconVSR ⊃ BasicVSR keys, MIAVSR ⊃ IIAVSR) come first.
-_SIGNATURES: list[tuple[str, tuple[str, ...], tuple[str, ...], Callable[[StateDict], dict[str, Any]]]] = [
-    ('ViTSR', ('patch_embed.weight', 'transformer.layers.0.self_attn.in_proj_weight', 'upsample.0.weight'), (),
-     _vitsr),
-    ('ELSR', ('layer1.weight', 'layer2_4.conv1.weight', 'layer2_4.prelu.weight', 'layer5.weight'), (), _elsr),
-    ('VDSR', ('input.weight', 'residual_layer.0.conv.weight', 'output.weight'), (), _vdsr),
-    ('Grey2RGBAutoEncoder', ('encoder.0.weight', 'decoder.0.weight'), (), _grey2rgb),
-    ('ConvLSTM', ('cells.0.conv.weight',), (), _convlstm),
-    ('MIAVSR', ('patch_align.backward_1.layers.0.residual_group.blocks.0.attn.predmask.rnn.weight',
-                'spynet.basic_module.0.basic_module.0.weight'), (), _mia),
-    ('IIAVSR', ('patch_align.forward_2.layers.0.residual_group.blocks.0.attn.qkv.weight', 'conv_first.weight'),
-     ('patch_align.backward_1.layers.0.residual_group.blocks.0.attn.predmask.rnn.weight',), _mia),
-    ('IconVSR', ('edvr.conv_first.weight', 'backward_fusion.weight', 'backward_trunk.main.0.weight'), (),
-     _iconvsr),
-    ('BasicVSR', ('backward_trunk.main.0.weight', 'forward_trunk.main.0.weight', 'fusion.weight',
-                  'spynet.basic_module.0.basic_module.0.weight'), (), _basicvsr),
-    ('EDVR', ('pcd_align.dcn_pack.l1.conv_offset.weight', 'conv_last.weight'), (), _edvr),
-]
-SUPPORTED_ARCHS = tuple(name for name, *_ in _SIGNATURES)
+def _network_g(checkpoint: Any) -> dict[str, Any] | None:
+    network_g = checkpoint.get('network_g') if isinstance(checkpoint, dict) else None
+    return network_g if isinstance(network_g, dict) and 'type' in network_g else None
 
 
 def detect_architecture(state_dict_or_checkpoint: Any, source: str = 'checkpoint') -> tuple[str, dict[str, Any]]:
-    """(architecture name, constructor options inferred from shapes) of a state dict, checkpoint dict or path.
+    """(architecture name, constructor options) of a state dict, checkpoint dict or path.
 
-    A checkpoint's ``network_g`` entry wins when present (its options over the detected ones, when it names the
-    detected architecture). Raises ValueError listing the supported architectures when nothing matches."""
+    The options are those the shapes fix (the spec's ``infer``); a checkpoint's ``network_g`` entry wins over them
+    (its type, and its options over the inferred ones when it names the detected architecture). Raises
+    ValueError naming every recognisable architecture when nothing matches."""
     checkpoint = state_dict_or_checkpoint
     if isinstance(checkpoint, (str, Path)):
         source, checkpoint = str(checkpoint), load_file(checkpoint)
     state = extract_state_dict(checkpoint, source=source)
-    detected: tuple[str, dict[str, Any]] | None = None
-    for name, present, absent, infer in _SIGNATURES:
-        if all(k in state for k in present) and not any(k in state for k in absent):
-            try:
-                detected = name, infer(state)
-            except (KeyError, IndexError, ValueError) as err:
-                raise ValueError(f'{source}: looks like {name} but its shapes do not fit: {err}') from None
-            break
-    network_g = checkpoint.get('network_g') if isinstance(checkpoint, dict) else None
-    if isinstance(network_g, dict) and 'type' in network_g:
+    detected = _detect(state, source)
+    network_g = _network_g(checkpoint)
+    if network_g is not None:
         base = detected[1] if detected and detected[0] == network_g['type'] else {}
         return network_g['type'], {**base, **{k: v for k, v in network_g.items() if k != 'type'}}
     if detected is None:
-        sample = ', '.join(list(state)[:6])
-        raise ValueError(f'{source}: unrecognised architecture (keys start {sample}, ...); supported: '
-                         f'{", ".join(SUPPORTED_ARCHS)}. Give --arch/--opt for another registered network')
+        raise ValueError(_unrecognised(source, state))
     return detected
 
 
+# ---------------------------------------------------------------------------------------------- load strictly
+def check_state_dict_fits(net: nn.Module, state: StateDict) -> list[str]:
+    """Every way ``state`` fails to fit ``net`` for a strict load, one entry per key: missing, unexpected, or of
+    another shape. Empty when ``net.load_state_dict(state, strict=True)`` would succeed."""
+    own = net.state_dict()
+    problems = [f'missing {k} {list(v.shape)}' for k, v in own.items() if k not in state]
+    problems += [f'unexpected {k} {list(v.shape)}' for k, v in state.items() if k not in own]
+    problems += [f'{k}: {list(state[k].shape)} in the checkpoint, {list(v.shape)} in the network'
+                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    return problems
+
+
+def load_state(net: nn.Module, state: StateDict, strict: bool = True, source: str = 'checkpoint') -> list[str]:
+    """Load ``state`` into ``net``. Strict: it must fit exactly, else one ValueError lists every problem (nothing
+    loaded). Not strict (BasicSR's ``strict_load_g: false``): the keys of the network's shapes load, the rest is
+    left out. Returns what did not fit (empty after a strict load)."""
+    problems = check_state_dict_fits(net, state)
+    if problems and strict:
+        raise ValueError(f'{source} does not fit {type(net).__name__} ({len(problems)} problems): '
+                         + '; '.join(problems))
+    own = net.state_dict()
+    net.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
+    return problems
+
+
+def read_state_dict(path: str | Path, arch: str | None = None, param_key: str | None = None) -> StateDict:
+    """The weights in checkpoint ``path`` (``param_key`` or the usual wrappers), renamed by ``arch``'s spec's
+    ``remap`` when it has one (an original checkpoint's names -> vsrkit's)."""
+    state = extract_state_dict(load_file(path), param_key, source=str(path))
+    spec = ARCH_SPECS.get(arch) if arch else None
+    return spec.remapped(state) if spec is not None else state
+
+
+# ---------------------------------------------------------------------------------------------------- build
 def _arch_class(name: str) -> type[nn.Module]:
-    if name not in ARCH_REGISTRY:
-        raise KeyError(f"unknown architecture '{name}'; registered: {', '.join(sorted(ARCH_REGISTRY.keys()))}")
-    return ARCH_REGISTRY.get(name)
+    # basicsr registers a few classes with a suffix (SRVGGNetCompact_basicsr) and finds them by the plain name.
+    for key in (name, f'{name}_basicsr'):
+        if key in ARCH_REGISTRY:
+            return ARCH_REGISTRY.get(key)
+    raise KeyError(f"unknown architecture '{name}'; registered: {', '.join(sorted(ARCH_REGISTRY.keys()))}")
+
+
+def build_network(name: str, options: dict[str, Any]) -> nn.Module:
+    """``name(**options)`` from the registry; options that do not bind are one ValueError, not a TypeError."""
+    cls = _arch_class(name)
+    problem = signature_problem(cls, options)
+    if problem:
+        raise ValueError(problem)
+    return cls(**options)
 
 
 def _explicit_options(options: dict[str, Any] | str | Path | None) -> dict[str, Any]:
@@ -258,62 +159,95 @@ def _explicit_options(options: dict[str, Any] | str | Path | None) -> dict[str, 
     return dict(opt['network_g'])
 
 
-def load_model(path: str | Path, arch: str | None = None, options: dict[str, Any] | str | Path | None = None,
-               device: str | torch.device = 'cpu') -> tuple[nn.Module, dict[str, Any]]:
-    """Build the network in checkpoint ``path`` and load it with ``strict=True`` (eval mode, on ``device``).
-
-    ``arch`` / ``options`` (a network_g dict or an options YAML) override what the checkpoint says and what its
-    shapes say (module docstring). Returns (network, info) with info = {'arch', 'options', 'io' (ModelIO),
-    'source': where the architecture came from: 'shapes', 'network_g' (the checkpoint's) or 'options'}."""
-    checkpoint = load_file(path)
+def _resolve(checkpoint: Any, source: str, arch: str | None,
+             options: dict[str, Any] | str | Path | None) -> tuple[str, dict[str, Any], str, str | None]:
+    """(name, options, where the name came from, what the keys look like) for ``checkpoint``."""
     explicit = _explicit_options(options)
     name = arch or explicit.get('type')
     try:
-        detected_name, detected = detect_architecture(checkpoint, source=str(path))
+        detected_name, detected = detect_architecture(checkpoint, source=source)
     except ValueError:
         if name is None:
             raise
         detected_name, detected = None, {}
-    name = name or detected_name
-    merged = {**(detected if detected_name == name else {}), **{k: v for k, v in explicit.items() if k != 'type'}}
-    cls = _arch_class(name)
+    merged = {**(detected if detected_name == (name or detected_name) else {}),
+              **{k: v for k, v in explicit.items() if k != 'type'}}
+    origin = 'options' if arch or explicit else 'network_g' if _network_g(checkpoint) else 'shapes'
+    return name or detected_name, merged, origin, detected_name
+
+
+def _load(path: str | Path, arch: str | None, options: dict[str, Any] | str | Path | None,
+          ) -> tuple[nn.Module, StateDict, dict[str, Any]]:
+    checkpoint = load_file(path)
     try:
-        net = cls(**merged)
-        net.load_state_dict(extract_state_dict(checkpoint, source=str(path)), strict=True)
-    except (TypeError, RuntimeError) as err:
+        name, merged, origin, looks_like = _resolve(checkpoint, str(path), arch, options)
+    except ValueError:
+        # None of vsrkit's specs recognises it and nothing names one: spandrel's architectures come next.
+        state = extract_state_dict(checkpoint, source=str(path))
+        found = None if arch or options or _network_g(checkpoint) else load_spandrel(state, str(path))
+        if found is None:
+            raise
+        return found[0], state, found[1]
+    state = extract_state_dict(checkpoint, source=str(path))
+    spec = ARCH_SPECS.get(name)
+    state = spec.remapped(state) if spec is not None else state
+    hint = f' (its keys look like {looks_like})' if looks_like not in (None, name) else ''
+    try:
+        net = build_network(name, merged)
+        load_state(net, state, strict=True, source=f'{path}{hint}')
+    except ValueError as err:
         raise ValueError(f'{path}: cannot load as {name}({merged}): {err}') from None
-    io = model_io(name, merged)
-    has_network_g = isinstance(checkpoint, dict) and isinstance(checkpoint.get('network_g'), dict)
-    source = 'options' if arch or explicit else 'network_g' if has_network_g else 'shapes'
-    return net.to(device).eval(), {'arch': name, 'options': merged, 'io': io, 'source': source}
+    return net, state, {'arch': name, 'options': merged, 'io': model_io(name, merged, net), 'source': origin}
 
 
-def model_io(arch: str, options: dict[str, Any]) -> ModelIO:
-    """The :class:`ModelIO` of a registered architecture built with ``options`` (unset options: defaults)."""
-    defaults = {k: p.default for k, p in inspect.signature(_arch_class(arch)).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    o = {**defaults, **options}
-    if arch == 'ViTSR':
-        c = o['in_chans']
-        return ModelIO('frame', 'rgb' if c == 3 else 'grey', c, c, o['scale'])
-    if arch == 'ELSR':
-        c = o['in_channels']
-        return ModelIO('frame', 'rgb' if c == 3 else 'grey', c, c, o['scale'])
-    if arch == 'VDSR':
-        return ModelIO('frame', 'y_bicubic', 1, 1, 1)
-    if arch == 'Grey2RGBAutoEncoder':
-        out = list(o['decoder_channels'])[-1]
-        return ModelIO('frame', 'grey', o['in_channels'], out, 1)
-    if arch == 'ConvLSTM':
-        return ModelIO('clip', 'grey', o['input_dim'], list(o['hidden_dims'])[-1], 1)
-    if arch in ('MIAVSR', 'IIAVSR'):
-        return ModelIO('clip', 'rgb', o['in_channels'], o['in_channels'], 4)
-    if arch == 'BasicVSR':
-        return ModelIO('clip', 'rgb', 3, 3, 4, min_size=64)
-    if arch == 'IconVSR':
-        return ModelIO('clip', 'rgb', 3, 3, 4, multiple=4, min_size=64)
-    if arch == 'EDVR':
-        hr_in = o['hr_in']
-        return ModelIO('window', 'rgb', o['num_in_ch'], o['num_out_ch'], 1 if hr_in else 4,
-                       multiple=16 if hr_in else 4, window=o['num_frame'])
-    raise ValueError(f'no video I/O description for architecture {arch!r}; described: {", ".join(SUPPORTED_ARCHS)}')
+def load_model(path: str | Path, arch: str | None = None, options: dict[str, Any] | str | Path | None = None,
+               device: str | torch.device = 'cpu') -> tuple[nn.Module, dict[str, Any]]:
+    """Build the network in checkpoint ``path`` and load it strictly (eval mode, on ``device``).
+
+    ``arch`` / ``options`` (a network_g dict or an options YAML) override what the checkpoint says and what its
+    shapes say (module docstring). Returns (network, info) with info = {'arch', 'options' (as given to the
+    constructor), 'io' (:class:`ModelIO`), 'source': where the architecture came from: 'shapes', 'network_g' (the
+    checkpoint's) or 'options'}."""
+    net, _, info = _load(path, arch, options)
+    return net.to(device).eval(), info
+
+
+def standard_checkpoint(path: str | Path, arch: str | None = None,
+                        options: dict[str, Any] | str | Path | None = None) -> dict[str, Any]:
+    """Checkpoint ``path`` in vsrkit's form, ``{'params': state dict in vsrkit's names, 'network_g': {'type', ...
+    options}}``, after checking that it loads strictly (:func:`load_model`'s rules). The tensors are the file's own
+    (dtype kept)."""
+    _, state, info = _load(path, arch, options)
+    return {'params': state, 'network_g': {'type': info['arch'], **info['options']}}
+
+
+# ------------------------------------------------------------------------------------------------------- io
+def _defaults(cls: type) -> dict[str, Any]:
+    return {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
+
+
+def default_io(arch: str, options: dict[str, Any], net: nn.Module | None = None) -> ModelIO:
+    """The ModelIO of a registered network without a spec: single frame, channels and scale by the module
+    docstring's rule (no test calls). ``options``: the full constructor options; ``net`` (built from them when
+    needed and not given) is read only when the options do not name the channels."""
+    def channels(keys: tuple[str, ...], first: bool) -> int:
+        for key in keys:
+            if isinstance(options.get(key), int):
+                return options[key]
+        built = net if net is not None else build_network(arch, options)
+        convs = [m for m in built.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+        if not convs:
+            raise ValueError(f'{arch}: no {"/".join(keys)} option and no convolution to read its channels from; '
+                             'give it a spec (vsrkit.archs.spec)')
+        return convs[0].in_channels if first else convs[-1].out_channels
+
+    scale = next((options[k] for k in _SCALE_KEYS if isinstance(options.get(k), int)), 1)
+    return single_frame_io(channels(_IN_KEYS, True), channels(_OUT_KEYS, False), scale)
+
+
+def model_io(arch: str, options: dict[str, Any], net: nn.Module | None = None) -> ModelIO:
+    """The :class:`ModelIO` of a registered architecture built with ``options`` (unset options: the
+    constructor's defaults): its spec's, else :func:`default_io`."""
+    full = {**_defaults(_arch_class(arch)), **options}
+    spec = ARCH_SPECS.get(arch)
+    return spec.io(full) if spec is not None else default_io(arch, full, net)

@@ -21,9 +21,10 @@ never downloaded.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from vsrkit.archs.mia_network import RecurrentInterIntraVSR
+from vsrkit.archs.spec import ArchSpec, ModelIO, StateDict, count_indices, register_spec
 from vsrkit.utils.registry import ARCH_REGISTRY, register
 
 
@@ -74,3 +75,46 @@ class MIAVSR(RecurrentInterIntraVSR):
                          patch_size, mlp_ratio, drop_path_rate, is_low_res_input, with_mask_predictor=True,
                          use_mask=use_mask, gumbel_noise=gumbel_noise, mask_temperature=mask_temperature,
                          spynet_path=spynet_path, use_checkpoint=use_checkpoint, skip=skip)
+
+
+def _window_size(table_rows: int, index_shape: tuple[int, int]) -> list[int]:
+    """(frames, h, w) of a window from its relative-position table rows = t(2h-1)(2w-1) and index (h·w, t·h·w)."""
+    queries, keys = index_shape
+    frames = keys // queries
+    candidates = [(h, queries // h) for h in range(1, queries + 1) if queries % h == 0
+                  and frames * (2 * h - 1) * (2 * (queries // h) - 1) == table_rows]
+    if not candidates:
+        raise ValueError(f'relative_position_bias_table with {table_rows} rows fits no window of {queries} tokens')
+    h, w = min(candidates, key=lambda hw: abs(hw[0] - hw[1]))  # the squarest (the published windows are square)
+    return [frames, h, w]
+
+
+def mia_options(s: StateDict) -> dict[str, Any]:
+    """Constructor options of MIA-VSR and IIA-VSR (the same network body) from a state dict's shapes."""
+    branch = 'patch_align.backward_1.layers'
+    groups = count_indices(s, rf'{branch}\.(\d+)\.')
+    depths = [count_indices(s, rf'{branch}\.{g}\.residual_group\.blocks\.(\d+)\.') for g in range(groups)]
+    block0 = f'{branch}.0.residual_group.blocks.0'
+    table = s[f'{block0}.attn.relative_position_bias_table']
+    embed_dim = s['conv_first.weight'].shape[0]
+    return {'in_channels': s['conv_first.weight'].shape[1], 'mid_channels': s['conv_before_upsample.weight'].shape[0],
+            'embed_dim': embed_dim, 'depths': depths,
+            'num_heads': [s[f'{branch}.{g}.residual_group.blocks.0.attn.relative_position_bias_table'].shape[1]
+                          for g in range(groups)],
+            'window_size': _window_size(table.shape[0], tuple(s[f'{block0}.attn.relative_position_index'].shape)),
+            'mlp_ratio': s[f'{block0}.mlp.fc1.weight'].shape[0] / embed_dim}
+
+
+def mia_io(options: dict[str, Any]) -> ModelIO:
+    """Recurrent clips of RGB frames, x4; any frame size (SpyNet's 64-px minimum is padded inside)."""
+    return ModelIO('clip', 'rgb', options['in_channels'], options['in_channels'], 4)
+
+
+# The mask predictor's keys tell MIA-VSR from IIA-VSR (whose spec requires them absent).
+MIA_MASK_KEY = 'patch_align.backward_1.layers.0.residual_group.blocks.0.attn.predmask.rnn.weight'
+
+register_spec(ArchSpec(
+    'MIAVSR', present=(MIA_MASK_KEY, 'conv_first.weight', 'spynet.basic_module.0.basic_module.0.weight'),
+    infer=mia_options, io=mia_io,
+    notes='mask options (use_mask, gumbel_noise, mask_temperature), drop_path_rate and skip keep their defaults '
+          'unless given'))

@@ -12,24 +12,14 @@ the shrunk net computes exactly what the full net computes with the removed filt
 """
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ['vdsr_conv_chain', 'l1_filter_masks', 'prune_conv_chain']
+from vsrkit.archs.vdsr_arch import vdsr_conv_chain
 
-
-def vdsr_conv_chain(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """The conv weight keys of a VDSR state dict in data-flow order: input, residual_layer.0 … N-1, output."""
-    body = sorted((int(m.group(1)), k) for k in state_dict
-                  if (m := re.fullmatch(r'residual_layer\.(\d+)\.conv\.weight', k)))
-    chain = ['input.weight', *(k for _, k in body), 'output.weight']
-    missing = [k for k in chain if k not in state_dict]
-    if missing:
-        raise KeyError(f'not a VDSR state dict: missing {missing}')
-    return chain
+__all__ = ['l1_filter_masks', 'prune_conv_chain']
 
 
 def l1_filter_masks(weights: Sequence[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
@@ -60,8 +50,8 @@ def prune_conv_chain(state_dict: Mapping[str, torch.Tensor], sparsity: float,
         state_dict: the network's weights (other entries are copied unchanged).
         sparsity: fraction of filters removed from every conv but the last.
         chain: conv weight keys in data-flow order, each conv feeding only the next (default: VDSR's order,
-            :func:`vdsr_conv_chain`). A ``<name>.bias`` next to a ``<name>.weight`` is pruned with its filters
-            (the filter norm ranks the weights only).
+            :func:`vsrkit.archs.vdsr_arch.vdsr_conv_chain`). A ``<name>.bias`` next to a ``<name>.weight`` is pruned
+            with its filters (the filter norm ranks the weights only).
 
     Returns:
         (the shrunk state dict in the input's key order, the kept output widths of every conv but the last).

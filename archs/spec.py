@@ -15,6 +15,8 @@ training's ``pretrain_network_g``, video upscaling, image and video evaluation, 
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -73,12 +75,28 @@ class ModelIO:
         return f'{kind}, {color} {self.in_channels}->{self.out_channels} channels, x{self.scale}'
 
 
-def single_frame_io(options: dict[str, Any], channels_key: str = 'in_chans', scale_key: str = 'scale',
-                    **extra: Any) -> ModelIO:
-    """The ModelIO of a plain single-frame network: C channels in and out (3: RGB, 1: grey), x ``scale``."""
-    channels = int(options[channels_key])
-    return ModelIO('frame', 'rgb' if channels == 3 else 'grey', channels, channels, int(options[scale_key]),
+def single_frame_io(in_channels: int, out_channels: int, scale: int, **extra: Any) -> ModelIO:
+    """The ModelIO of a plain single-frame network: ``in_channels`` in (3: RGB, 1: grey), x ``scale``."""
+    if in_channels not in (1, 3):
+        raise ValueError(f'a single-frame network takes 3 (RGB) or 1 (grey) channels, this one {in_channels}')
+    return ModelIO('frame', 'rgb' if in_channels == 3 else 'grey', int(in_channels), int(out_channels), int(scale),
                    **extra)
+
+
+# ----------------------------------------------------------------- helpers for the specs' ``infer`` functions
+def count_indices(state: StateDict, pattern: str) -> int:
+    """Number of distinct integers N for which some key matches ``pattern`` (a regex with one (\\d+) group):
+    the length of an ``nn.Sequential`` / ``nn.ModuleList`` from its keys."""
+    rx = re.compile(pattern)
+    return len({int(m.group(1)) for k in state if (m := rx.match(k))})
+
+
+def scale_from_channels(out_channels: int, in_channels: int, key: str) -> int:
+    """The factor of a PixelShuffle fed by a conv with ``out_channels`` = ``in_channels`` x scale²."""
+    scale = math.isqrt(out_channels // in_channels)
+    if scale * scale * in_channels != out_channels:
+        raise ValueError(f'{key}: {out_channels} output channels is not {in_channels} x scale^2 for any scale')
+    return scale
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The network does not upscale. The caller upscales the LR image bicubically to th
 model serves x2, x3 and x4), takes its Y channel in [0, 1], and the network adds a predicted residual:
 ``forward(y) = output(residual_layer(relu(input(y)))) + y``. All convolutions are 3x3, padding 1, without bias;
 each body conv is followed by a ReLU. Parameter names equal twtygqyy/pytorch-vdsr's ``vdsr.Net`` (``input``,
-``residual_layer.N.conv``, ``output``), so its weights — converted from the published whole-module pickle by
+``residual_layer.N.conv``, ``output``), so its weights — read from the published whole-module pickle by
 :func:`vsrkit.utils.legacy_checkpoint.load_legacy_checkpoint` — load with ``strict=True`` (664,704 parameters).
 
 ``widths`` rebuilds a physically pruned network (see :mod:`vsrkit.archs.pruning`): the output channels of the
@@ -12,11 +12,14 @@ input conv and of each body conv, one entry per conv; the output conv always map
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from vsrkit.archs.spec import ArchSpec, ModelIO, register_spec
 from vsrkit.utils.registry import ARCH_REGISTRY, register
 
 
@@ -68,3 +71,32 @@ class VDSR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 1, H, W) bicubic-upscaled Y in [0, 1] → refined Y of the same size (not clamped)."""
         return self.output(self.residual_layer(self.relu(self.input(x)))) + x
+
+
+def vdsr_conv_chain(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """The conv weight keys of a VDSR state dict in data-flow order: input, residual_layer.0 … N-1, output."""
+    body = sorted((int(m.group(1)), k) for k in state_dict
+                  if (m := re.fullmatch(r'residual_layer\.(\d+)\.conv\.weight', k)))
+    chain = ['input.weight', *(k for _, k in body), 'output.weight']
+    missing = [k for k in chain if k not in state_dict]
+    if missing:
+        raise KeyError(f'not a VDSR state dict: missing {missing} (expected input.weight, '
+                       'residual_layer.N.conv.weight, output.weight)')
+    return chain
+
+
+def vdsr_widths(state_dict: Mapping[str, torch.Tensor]) -> list[int]:
+    """Output channels of the input conv and of each body conv of a VDSR state dict."""
+    return [state_dict[k].shape[0] for k in vdsr_conv_chain(state_dict)[:-1]]
+
+
+def vdsr_network_options(widths: Sequence[int]) -> dict[str, Any]:
+    """``network_g`` options for a VDSR with these per-layer widths (``VDSR(**opts)`` without 'type')."""
+    return {'type': 'VDSR', 'num_channels': max(widths), 'num_layers': len(widths) - 1, 'widths': list(widths)}
+
+
+register_spec(ArchSpec(
+    'VDSR', present=('input.weight', 'residual_layer.0.conv.weight', 'output.weight'),
+    infer=lambda s: {k: v for k, v in vdsr_network_options(vdsr_widths(s)).items() if k != 'type'},
+    # The Y channel of the caller's bicubic upscale in, the refined Y out: the network itself keeps the size.
+    io=lambda o: ModelIO('frame', 'y_bicubic', 1, 1, 1)))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vsrkit.archs.spec import ArchSpec, count_indices, register_spec, scale_from_channels, single_frame_io
 from vsrkit.utils.registry import ARCH_REGISTRY, register
 
 
@@ -199,3 +200,26 @@ class ViTSR(nn.Module):
         if self.residual == 'bicubic':
             out = out + F.interpolate(x, scale_factor=self.scale, mode='bicubic', align_corners=False)
         return out.clamp(0, 1) if self.clamp_output else out
+
+
+def _infer(s: dict[str, torch.Tensor]) -> dict:
+    depth = count_indices(s, r'transformer\.layers\.(\d+)\.')
+    embed_dim, in_chans = s['patch_embed.weight'].shape[:2]
+    layer_keys = [k[len('transformer.layers.0.'):] for k in s if k.startswith('transformer.layers.0.')]
+    # A tied checkpoint stores the one shared layer under every index: equal tensors tell it apart.
+    tied = all(torch.equal(s[f'transformer.layers.0.{k}'], s[f'transformer.layers.{i}.{k}'])
+               for i in range(1, depth) for k in layer_keys)
+    return {'in_chans': in_chans, 'embed_dim': embed_dim, 'depth': depth,
+            'mlp_dim': s['transformer.layers.0.linear1.weight'].shape[0],
+            'scale': scale_from_channels(s['upsample.0.weight'].shape[0], in_chans, 'upsample.0.weight'),
+            'share_weights': tied}
+
+
+register_spec(ArchSpec(
+    'ViTSR', present=('patch_embed.weight', 'transformer.layers.0.self_attn.in_proj_weight', 'upsample.0.weight'),
+    infer=_infer,
+    # Global attention (window_size None, the seed) is quadratic in pixels: callers tile large frames.
+    io=lambda o: single_frame_io(o['in_chans'], o['in_chans'], o['scale'],
+                                 cost='global' if o['window_size'] is None else 'local'),
+    notes='num_heads (hidden by the packed in-projection; default 4, the seed), window_size and residual keep '
+          'their defaults unless given'))

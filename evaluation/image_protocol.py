@@ -1,4 +1,4 @@
-"""The Set5-style evaluation protocol for single-image SR networks, and building a network from a checkpoint.
+"""The Set5-style evaluation protocol for single-image SR networks.
 
 Protocol (as VDSR, SRCNN and most SR papers report): ground-truth image, cropped to a multiple of the scale →
 MATLAB-compatible bicubic downscaling (basicsr's ``imresize``), rounded to uint8 → network → uint8 output →
@@ -6,13 +6,16 @@ PSNR and SSIM on the Y channel (ITU-R BT.601, basicsr's ``calculate_psnr`` / ``c
 ``test_y_channel=True``) after shaving ``scale`` pixels from every border. Bicubic upscaling of the same LR image
 is scored the same way beside it.
 
-Three kinds of network run through it, told apart by probe calls
-(:func:`input_mode`):
+How a network is fed is its :class:`~vsrkit.archs.spec.ModelIO` (``info['io']`` of
+:func:`vsrkit.archs.loader.load_model`: the architecture's spec, or the single-frame default), by its ``color``:
 
-- ``'rgb'``: RGB in, RGB x scale out (ELSR, ViTSR, ...);
-- ``'y'``: the Y channel in, Y x scale out; Cb/Cr are upscaled bicubically;
-- ``'y_upscaled'``: the Y channel of the bicubic-upscaled image in, a refined Y of the same size out (VDSR);
+- ``'rgb'``: RGB in, RGB x scale out (ELSR, ViTSR, MSRResNet, ...);
+- ``'grey'``: the Y channel in, Y x scale out; Cb/Cr are upscaled bicubically;
+- ``'y_bicubic'``: the Y channel of the bicubic-upscaled image in, a refined Y of the same size out (VDSR);
   the result is put back together with the bicubic Cb/Cr.
+
+The two Y kinds go through :func:`vsrkit.utils.color.luma_pipeline`. Inputs are padded to the network's size
+``multiple`` (e.g. SwinIR's window) and the output cropped back.
 
 Differences from VDSR's own MATLAB evaluation: its LR image is the Y channel downscaled in double precision,
 here the whole RGB image is downscaled and rounded to uint8 (a real low-resolution image), and the output is
@@ -30,60 +33,38 @@ from torch import nn
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 from basicsr.metrics import calculate_psnr, calculate_ssim
-from vsrkit.archs.loader import load_model
+from vsrkit.archs.spec import ModelIO
 from vsrkit.data.lmdb_io import scan_images
 from vsrkit.utils.color import bicubic_downscale, bicubic_upscale, luma_pipeline, mod_crop, to_uint8
-
-MODES = ('rgb', 'y', 'y_upscaled')
-
-
-# ------------------------------------------------------------------------------------------ networks
-def load_network(checkpoint_path: str | Path, opt_path: str | Path | None = None, arch: str | None = None,
-                 device: str | torch.device = 'cpu') -> tuple[nn.Module, dict]:
-    """The network a checkpoint holds, strictly loaded, eval mode: ``vsrkit.archs.loader.load_model``
-    (the checkpoint's ``network_g``, else recognised from its keys and shapes; ``opt_path``/``arch`` override).
-    Returns (network, its network_g options including 'type')."""
-    net, info = load_model(checkpoint_path, arch=arch, options=opt_path, device=device)
-    return net, {'type': info['arch'], **info['options']}
+from vsrkit.utils.tiling import padded_forward
 
 
-@torch.no_grad()
-def input_mode(net: nn.Module, scale: int) -> str:
-    """'rgb', 'y' or 'y_upscaled' (module docstring), from probe calls with 3- and 1-channel inputs."""
-    param = next(net.parameters())
-    size = 8
-    for channels in (3, 1):
-        try:
-            out = net(torch.zeros(1, channels, size, size, dtype=param.dtype, device=param.device))
-            break
-        except RuntimeError:  # the wrong number of input channels for the first conv
-            continue
-    else:
-        raise ValueError(f'{type(net).__name__} accepts neither 3-channel (RGB) nor 1-channel (Y) images')
-    out_size = out.shape[-1]
-    if channels == 1 and out_size == size:
-        return 'y_upscaled'
-    if out_size != size * scale:
-        raise ValueError(f'{type(net).__name__} maps {size}x{size} to {out.shape[-2]}x{out_size}, not x{scale}')
-    return 'rgb' if channels == 3 else 'y'
+def check_image_network(io: ModelIO, scale: int, name: str = 'the network') -> None:
+    """ValueError unless a network fed as ``io`` can be scored at ``scale`` by this protocol."""
+    if io.temporal != 'frame':
+        raise ValueError(f'{name} is fed {io.describe()}: image evaluation needs a single-frame network')
+    if io.out_channels != (3 if io.color == 'rgb' else 1):
+        raise ValueError(f'{name} gives {io.out_channels} channels from {io.color}: image evaluation scores RGB '
+                         'networks (3 channels out) and Y networks (1 channel out)')
+    if io.color != 'y_bicubic' and io.scale != scale:
+        raise ValueError(f'{name} upscales x{io.scale}, not x{scale} (--scale)')
 
 
 @torch.no_grad()
-def super_resolve(net: nn.Module, lr: np.ndarray, scale: int, mode: str) -> np.ndarray:
-    """uint8 BGR LR image (h, w, 3) → uint8 BGR SR image (h·scale, w·scale, 3) by ``net`` in ``mode``."""
-    if mode not in MODES:
-        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+def super_resolve(net: nn.Module, io: ModelIO, lr: np.ndarray, scale: int) -> np.ndarray:
+    """uint8 BGR LR image (h, w, 3) → uint8 BGR SR image (h·scale, w·scale, 3) by ``net`` fed as ``io``."""
+    check_image_network(io, scale, type(net).__name__)
     param = next(net.parameters())
 
     def run(channels: np.ndarray) -> np.ndarray:  # (H, W, C) float → network → (H', W', C') float
         x = torch.from_numpy(np.ascontiguousarray(channels.transpose(2, 0, 1))).unsqueeze(0)
-        y = net(x.to(device=param.device, dtype=param.dtype)).float().clamp(0, 1)
-        return y[0].permute(1, 2, 0).cpu().numpy().astype(np.float64)
+        y = padded_forward(net, x.to(device=param.device, dtype=param.dtype), io.scale, io.multiple)
+        return y.float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy().astype(np.float64)
 
     lr_f = lr.astype(np.float64) / 255.0
-    if mode == 'rgb':
+    if io.color == 'rgb':
         return to_uint8(run(lr_f[..., ::-1])[..., ::-1])
-    return to_uint8(luma_pipeline(run, lr_f, scale, upscaled_input=mode == 'y_upscaled'))
+    return to_uint8(luma_pipeline(run, lr_f, scale, upscaled_input=io.color == 'y_bicubic'))
 
 
 def score(image: np.ndarray, gt: np.ndarray, scale: int, y_only: bool = True) -> dict[str, float]:
@@ -92,13 +73,14 @@ def score(image: np.ndarray, gt: np.ndarray, scale: int, y_only: bool = True) ->
             'ssim': float(calculate_ssim(image, gt, crop_border=scale, test_y_channel=y_only))}
 
 
-def evaluate_images(net: nn.Module, gt_dir: str | Path, scale: int, y_only: bool = True) -> list[dict[str, Any]]:
-    """The protocol (module docstring) over every image of ``gt_dir``: one row per image with
-    name, bicubic_psnr, psnr, bicubic_ssim, ssim."""
+def evaluate_images(net: nn.Module, io: ModelIO, gt_dir: str | Path, scale: int,
+                    y_only: bool = True) -> list[dict[str, Any]]:
+    """The protocol (module docstring) over every image of ``gt_dir`` for ``net`` fed as ``io``: one row per image
+    with name, bicubic_psnr, psnr, bicubic_ssim, ssim."""
+    check_image_network(io, scale, type(net).__name__)
     items = scan_images(gt_dir)
     if not items:
         raise FileNotFoundError(f'no images found in {gt_dir}')
-    mode = input_mode(net, scale)
     rows = []
     for key, path in items:
         gt = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -107,7 +89,7 @@ def evaluate_images(net: nn.Module, gt_dir: str | Path, scale: int, y_only: bool
         gt = mod_crop(gt, scale)
         lr = bicubic_downscale(gt, scale)
         bicubic = to_uint8(bicubic_upscale(lr.astype(np.float64) / 255.0, scale))
-        ours, base = score(super_resolve(net, lr, scale, mode), gt, scale, y_only), score(bicubic, gt, scale, y_only)
+        ours, base = score(super_resolve(net, io, lr, scale), gt, scale, y_only), score(bicubic, gt, scale, y_only)
         rows.append({'name': key, 'bicubic_psnr': base['psnr'], 'psnr': ours['psnr'],
                      'bicubic_ssim': base['ssim'], 'ssim': ours['ssim']})
     return rows

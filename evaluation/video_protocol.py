@@ -33,7 +33,7 @@ from tqdm import tqdm
 from vsrkit.data.sample_data import sample_builder_for
 from vsrkit.data.video_clip_test_dataset import VideoClipTestDataset
 from vsrkit.data.video_clips import frames_to_tensor
-from vsrkit.evaluation.image_protocol import load_network
+from vsrkit.archs.loader import load_model
 from vsrkit.evaluation.tables import format_table
 from vsrkit.utils.atomic import atomic_write_text
 from vsrkit.utils.color import bicubic_frame
@@ -259,8 +259,11 @@ def benchmark_main(bench: Benchmark, argv: list[str] | None = None, description:
             print(f'no checkpoint at {model} (train with options/{Path(bench.options).name} or pass --model): '
                   'scoring bicubic upscaling only.', file=sys.stderr)
         else:
-            net, options = load_network(model, args.opt, device=args.device)  # params_ema preferred
-            arch = f"{options['type']} ({model})"
+            net, info = load_model(model, options=args.opt, device=args.device)  # params_ema preferred
+            if info['io'].temporal != 'clip' or info['io'].scale != bench.scale:
+                raise ValueError(f"{model}: {info['arch']} is fed {info['io'].describe()}; {bench.name} scores "
+                                 f'recurrent networks that take whole clips, x{bench.scale}')
+            arch = f"{info['arch']} ({model})"
         dtype = parse_dtype(args.dtype, args.device)
         data_opt, where = _dataset_options(args, bench)
         dataset = VideoClipTestDataset({**data_opt, 'scale': bench.scale})

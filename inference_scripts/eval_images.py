@@ -7,12 +7,13 @@ Usage:
 
 Each GT image (cropped to a multiple of S) is downscaled with MATLAB-compatible bicubic, super-resolved by the
 model and scored with PSNR and SSIM on the Y channel, S border pixels shaved (``--rgb``: on RGB instead);
-bicubic upscaling is scored beside it. Prints a per-image table and the average. The architecture comes from --opt
-(its ``network_g``) or --arch when given, else the checkpoint's ``network_g`` entry (vsrkit training
-checkpoints, converted/legacy VDSR files), else its keys and shapes (vsrkit.archs.loader); a network that
-carries a scale must be the --scale one. VDSR-style networks (Y in,
-same size out) get the bicubic-upscaled Y and their output is recombined with the bicubic Cb/Cr. The protocol is
-:mod:`vsrkit.evaluation.image_protocol`.
+bicubic upscaling is scored beside it. Prints a per-image table and the average. The network is loaded by
+vsrkit.archs.loader: the architecture comes from --opt (its ``network_g``) or --arch when given, else the
+checkpoint's ``network_g`` entry (vsrkit training checkpoints), else its keys and shapes (every architecture
+with a spec); a registered architecture without a spec, named by --arch / --opt, is fed as a single-frame
+network. How it is fed is the spec's ModelIO: RGB, grey (Y in, Y out) or, for VDSR-style networks, the Y of the
+bicubic upscale in and the output recombined with the bicubic Cb/Cr; a network that upscales must do so x--scale.
+The protocol is :mod:`vsrkit.evaluation.image_protocol`.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import sys
 
 import torch
 
-from vsrkit.evaluation.image_protocol import evaluate_images, input_mode, load_network
+from vsrkit.archs.loader import load_model
+from vsrkit.evaluation.image_protocol import check_image_network, evaluate_images
 from vsrkit.evaluation.tables import format_table
 
 
@@ -40,18 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = parser.parse_args(argv)
     try:
-        net, options = load_network(args.model, args.opt, args.arch, args.device)
-        if options.get('scale', args.scale) != args.scale:
-            raise ValueError(f"{args.model} holds a x{options['scale']} {options['type']}, not x{args.scale} (--scale)")
-        mode = input_mode(net, args.scale)
-        rows = evaluate_images(net, args.input, args.scale, y_only=not args.rgb)
+        net, info = load_model(args.model, args.arch, args.opt, args.device)
+        check_image_network(info['io'], args.scale, f"{args.model} ({info['arch']})")
+        rows = evaluate_images(net, info['io'], args.input, args.scale, y_only=not args.rgb)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     columns = ['name', 'bicubic_psnr', 'psnr', 'bicubic_ssim', 'ssim']
     average = {'name': 'average', **{c: sum(r[c] for r in rows) / len(rows) for c in columns[1:]}}
     channel = 'RGB' if args.rgb else 'Y'
-    print(f"{options['type']} ({mode} input) x{args.scale} on {args.input}: {channel} PSNR (dB) / SSIM, "
+    print(f"{info['arch']} ({info['io'].color} input) x{args.scale} on {args.input}: {channel} PSNR (dB) / SSIM, "
           f'{args.scale} px shaved')
     print(format_table(rows + [average], columns))
     return 0

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vsrkit.evaluation.image_protocol import load_network
+from vsrkit.archs.loader import load_model
 from vsrkit.inference.spatiotemporal import fuse, read_frames, score_frames, to_grey_tensor, to_images, write_frames
 
 
@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if Path(args.output).exists() and not args.overwrite:  # refused before any work, not after it
             raise FileExistsError(f'{args.output} exists; pass --overwrite to replace it')
-        colorizer, _ = load_network(args.colorizer, device=args.device)
-        interpolator, _ = load_network(args.interpolator, device=args.device)
+        colorizer, _ = load_model(args.colorizer, device=args.device)
+        interpolator, _ = load_model(args.interpolator, device=args.device)
         if args.alpha is not None:
             interpolator.alpha = args.alpha
         grey = to_grey_tensor(read_frames(args.input))

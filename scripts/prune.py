@@ -3,17 +3,19 @@
 
 Usage: python scripts/prune.py --model CKPT --sparsity 0.5 --output DST [--overwrite]
 
-CKPT may be a published whole-module pickle (loaded safely) or a vsrkit checkpoint. DST holds the shrunk
-'params' and 'network_g' with the per-layer 'widths', so VDSR(**network_g minus 'type') rebuilds it.
+CKPT may be a published whole-module pickle (loaded safely) or a vsrkit checkpoint, read by the generic loader
+(vsrkit.archs.loader). DST holds the shrunk 'params' and 'network_g' with the per-layer 'widths', so
+VDSR(**network_g minus 'type') rebuilds it.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from vsrkit.utils.legacy_checkpoint import (UnsafePickleError, load_legacy_checkpoint, save_checkpoint,
-                                            vdsr_network_options)
+from vsrkit.archs.loader import standard_checkpoint
 from vsrkit.archs.pruning import prune_conv_chain
+from vsrkit.archs.vdsr_arch import vdsr_network_options
+from vsrkit.utils.legacy_checkpoint import save_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,14 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--overwrite', action='store_true', help='replace --output if it exists')
     args = parser.parse_args(argv)
     try:
-        checkpoint = load_legacy_checkpoint(args.model)
-        if checkpoint['network_g'].get('type') != 'VDSR':
-            raise ValueError(f"{args.model}: network_g type is {checkpoint['network_g'].get('type')!r}, "
-                             "only 'VDSR' chains can be pruned")
+        checkpoint = standard_checkpoint(args.model)
+        if checkpoint['network_g']['type'] != 'VDSR':
+            raise ValueError(f"{args.model}: holds a {checkpoint['network_g']['type']}, only VDSR chains can be "
+                             'pruned')
         params, widths = prune_conv_chain(checkpoint['params'], args.sparsity)
         save_checkpoint({'params': params, 'network_g': vdsr_network_options(widths)}, args.output,
                         overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, UnsafePickleError, KeyError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     n_before = sum(v.numel() for v in checkpoint['params'].values())

@@ -27,10 +27,9 @@ from skimage import color, data
 from vsrkit.archs.convlstm_arch import ConvLSTM
 from vsrkit.archs.elsr_arch import ELSR
 from vsrkit.archs.grey2rgb_arch import Grey2RGBAutoEncoder
-from vsrkit.archs.loader import load_model
+from vsrkit.archs.loader import load_model, standard_checkpoint
 from vsrkit.archs.spec import ARCH_SPECS
 from vsrkit.archs.vdsr_arch import VDSR
-from vsrkit.utils.legacy_checkpoint import load_legacy_checkpoint
 
 TOL = 1e-5
 
@@ -133,7 +132,7 @@ def test_vdsr_published_checkpoint_matches_original(originals, reference_checkpo
     vsrkit's generic loader (``load_model``: detect → build → load strict) gives the same network."""
     vdsr = _load_original(originals, 'vdsr/vdsr.py')
     path = reference_checkpoint('vdsr_model_epoch_50.pth')
-    checkpoint = load_legacy_checkpoint(path)
+    checkpoint = standard_checkpoint(path)  # the restricted unpickler, options from VDSR's spec
     original = vdsr.Net()
     original.load_state_dict(checkpoint['params'], strict=True)
     options = {k: v for k, v in checkpoint['network_g'].items() if k != 'type'}

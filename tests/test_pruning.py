@@ -9,9 +9,9 @@ import pytest
 import torch
 from skimage import data
 
-from vsrkit.archs.vdsr_arch import VDSR
-from vsrkit.utils.legacy_checkpoint import load_legacy_checkpoint
-from vsrkit.archs.pruning import l1_filter_masks, prune_conv_chain, vdsr_conv_chain
+from vsrkit.archs.loader import standard_checkpoint
+from vsrkit.archs.pruning import l1_filter_masks, prune_conv_chain
+from vsrkit.archs.vdsr_arch import VDSR, vdsr_conv_chain
 from basicsr.utils.color_util import rgb2ycbcr  # noqa: E402  (after vsrkit: the compat shim must come first)
 
 SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'prune.py'
@@ -19,7 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'prune.py'
 
 @pytest.fixture(scope='module')
 def epoch50(reference_checkpoint) -> dict:
-    return load_legacy_checkpoint(reference_checkpoint('vdsr_model_epoch_50.pth'))
+    return standard_checkpoint(reference_checkpoint('vdsr_model_epoch_50.pth'))
 
 
 def _real_y(size: int = 40) -> torch.Tensor:
@@ -79,7 +79,7 @@ def test_epoch50_pruned_equals_masked_and_published(epoch50, reference_checkpoin
     assert (shrunk_out - y).abs().max() > 1e-3  # the comparison is not trivially between two identities
 
     # NNI's L1NormPruner + ModelSpeedup (the published pruning) kept exactly the same filters, bit for bit.
-    published = load_legacy_checkpoint(reference_checkpoint('vdsr_l1_pruned_no_finetune.pth'))
+    published = standard_checkpoint(reference_checkpoint('vdsr_l1_pruned_no_finetune.pth'))
     assert list(pruned) == list(published['params'])
     for key, tensor in published['params'].items():
         assert torch.equal(pruned[key], tensor), key

@@ -124,7 +124,7 @@ def train(name: str, folder: Path) -> Path:
 
 def test_spatiotemporal_end_to_end(frames_root, tmp_path, capsys):
     from vsrkit.inference_scripts.spatiotemporal import main as fuse_main
-    from vsrkit.evaluation.image_protocol import load_network
+    from vsrkit.archs.loader import load_model
 
     colorizer_ckpt = train('grey2rgb_sample', tmp_path / 'colour')
     interpolator_ckpt = train('convlstm_sample', tmp_path / 'interp')
@@ -147,8 +147,8 @@ def test_spatiotemporal_end_to_end(frames_root, tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith('.out')]  # the temporary folder is gone
 
     # Independently: grey input -> ConvLSTM -> interleave -> colourise, frame by frame.
-    colorizer, _ = load_network(colorizer_ckpt)
-    interpolator, _ = load_network(interpolator_ckpt)
+    colorizer, _ = load_model(colorizer_ckpt)
+    interpolator, _ = load_model(interpolator_ckpt)
     grey = torch.from_numpy(np.stack([pil_grey(tmp_path / 'in' / f'{i:08d}.png') for i in range(4)])).float()
     grey = grey[:, None]
     with torch.no_grad():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from skimage import data
 
 from vsrkit.archs.vdsr_arch import VDSR
-from vsrkit.utils.legacy_checkpoint import load_legacy_checkpoint
+from vsrkit.archs.loader import standard_checkpoint
 from basicsr.metrics import calculate_psnr  # noqa: E402  (after vsrkit: the compat shim must come first)
 from basicsr.utils.color_util import rgb2ycbcr
 from basicsr.utils.matlab_functions import imresize
@@ -28,7 +28,7 @@ def _reference_vdsr(y: torch.Tensor, sd: dict) -> torch.Tensor:
 
 @pytest.fixture(scope='module')
 def epoch50(reference_checkpoint) -> dict:
-    return load_legacy_checkpoint(reference_checkpoint('vdsr_model_epoch_50.pth'))
+    return standard_checkpoint(reference_checkpoint('vdsr_model_epoch_50.pth'))
 
 
 def test_keys_and_parameter_counts(reference_keys):

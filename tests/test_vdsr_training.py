@@ -126,16 +126,17 @@ def _independent_bicubic_y_psnr(path: Path, scale: int) -> float:
 
 def test_eval_images_published_vdsr_beats_bicubic(reference_checkpoint, photo_dir, capsys):
     from vsrkit.inference_scripts.eval_images import main as eval_main
-    from vsrkit.evaluation.image_protocol import evaluate_images, load_network
+    from vsrkit.archs.loader import load_model
+    from vsrkit.evaluation.image_protocol import evaluate_images
 
     checkpoint = reference_checkpoint('vdsr_model_epoch_50.pth')
     assert eval_main(['--model', str(checkpoint), '--input', str(photo_dir), '--scale', '2', '--device', 'cpu']) == 0
     printed = capsys.readouterr().out
-    assert 'VDSR (y_upscaled input) x2' in printed and 'Y PSNR' in printed and 'average' in printed
+    assert 'VDSR (y_bicubic input) x2' in printed and 'Y PSNR' in printed and 'average' in printed
 
-    net, options = load_network(checkpoint)  # legacy whole-module pickle, read safely; network_g from the file
-    assert options['widths'] == [64] * 19
-    rows = evaluate_images(net, photo_dir, 2)
+    net, info = load_model(checkpoint)  # legacy whole-module pickle, read safely; options from VDSR's spec
+    assert info['options']['widths'] == [64] * 19
+    rows = evaluate_images(net, info['io'], photo_dir, 2)
     for row in rows:
         assert row['bicubic_psnr'] == pytest.approx(_independent_bicubic_y_psnr(photo_dir / f"{row['name']}.png", 2),
                                                     abs=1e-3)

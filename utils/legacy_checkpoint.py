@@ -1,4 +1,4 @@
-"""Safe conversion of the published VDSR whole-module pickles into ordinary state-dict checkpoints.
+"""Safe reading of the published VDSR whole-module pickles as ordinary state-dict checkpoints.
 
 twtygqyy/pytorch-vdsr publishes ``model_epoch_50.pth`` as a legacy (pre-zip) pickle ``{'epoch': 50, 'model':
 vdsr.Net}`` with storages on cuda:0, and War-Keeper/pytorch-vdsr-optimization its pruned net as a zip pickle of a
@@ -9,8 +9,9 @@ these files contain (``vdsr.Net``, ``vdsr.Conv_ReLU_Block``, torch's ``Conv2d``/
 latter mapped to inert stand-ins that only keep their pickled attributes. Anything else (``os.system``,
 ``builtins.eval`` …) raises :class:`UnsafePickleError` before it is called. Storages are mapped to the CPU.
 
-The result is ``{'params': state_dict, 'network_g': {'type': 'VDSR', 'num_channels', 'num_layers', 'widths'}}``:
-``VDSR(**opts)`` (without 'type') rebuilds the network, pruned or not, and loads ``params`` with ``strict=True``.
+The result is ``{'params': state_dict}``. What network it is, and with which options (a pruned VDSR's per-layer
+widths), is the architecture's business, not this reader's: VDSR's spec (:mod:`vsrkit.archs.vdsr_arch`) infers
+them from the shapes when the generic loader (:mod:`vsrkit.archs.loader`) reads the file.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from torch import nn
 from vsrkit.utils.atomic import atomic_save
 
 __all__ = ['UnsafePickleError', 'RestrictedUnpickler', 'RESTRICTED_PICKLE', 'load_legacy_checkpoint',
-           'module_state_dict', 'vdsr_network_options', 'vdsr_widths', 'save_checkpoint']
+           'module_state_dict', 'save_checkpoint']
 
 
 class UnsafePickleError(pickle.UnpicklingError, ValueError):
@@ -113,28 +114,13 @@ def module_state_dict(module: _PickledModule, prefix: str = '') -> OrderedDict[s
     return out
 
 
-def vdsr_widths(state_dict: dict[str, torch.Tensor]) -> list[int]:
-    """Output channels of the input conv and of each body conv of a VDSR state dict."""
-    try:
-        num_layers = sum(1 for k in state_dict if k.startswith('residual_layer.') and k.endswith('.conv.weight'))
-        return [state_dict['input.weight'].shape[0]] + [
-            state_dict[f'residual_layer.{i}.conv.weight'].shape[0] for i in range(num_layers)]
-    except KeyError as e:
-        raise KeyError(f'not a VDSR state dict: missing {e} (expected input.weight, residual_layer.N.conv.weight, '
-                       f'output.weight)') from None
-
-
-def vdsr_network_options(widths: list[int]) -> dict[str, Any]:
-    """``network_g`` options for a VDSR with these per-layer widths (``VDSR(**opts)`` without 'type')."""
-    return {'type': 'VDSR', 'num_channels': max(widths), 'num_layers': len(widths) - 1, 'widths': list(widths)}
-
-
 def load_legacy_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a VDSR checkpoint without running pickled code and return ``{'params', 'network_g'}``.
+    """Load a VDSR checkpoint without running pickled code and return ``{'params': state_dict}``.
 
     Accepts the published whole-module pickles (legacy or zip format, bare module or ``{'model': module}``), a plain
-    state dict, or an already converted checkpoint. Raises FileNotFoundError, :class:`UnsafePickleError` (a
-    ValueError) when the file names a global outside the allow-list, or ValueError/KeyError when it holds no VDSR.
+    state dict, or an already converted checkpoint (returned as it is, ``network_g`` included). Raises
+    FileNotFoundError, :class:`UnsafePickleError` (a ValueError) when the file names a global outside the
+    allow-list, or ValueError when it holds neither a module nor a state dict.
     """
     path = Path(path)
     if not path.is_file():
@@ -148,7 +134,7 @@ def load_legacy_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             obj = torch.load(path, map_location='cpu', pickle_module=RESTRICTED_PICKLE, weights_only=False)
     except UnsafePickleError as e:
         raise UnsafePickleError(f'{path}: {e}') from None
-    if isinstance(obj, dict) and 'params' in obj and 'network_g' in obj:
+    if isinstance(obj, dict) and isinstance(obj.get('params'), dict):
         return obj
     if isinstance(obj, dict) and 'model' in obj:
         obj = obj['model']
@@ -159,7 +145,7 @@ def load_legacy_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     else:
         raise ValueError(f'{path}: expected a pickled VDSR module, {{"model": module}} or a state dict, '
                          f'got {type(obj).__name__}')
-    return {'params': state_dict, 'network_g': vdsr_network_options(vdsr_widths(state_dict))}
+    return {'params': state_dict}
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
