@@ -286,6 +286,53 @@ def test_odd_sizes_and_greyscale_input(tmp_path):
     assert times == [0, Fraction(1, 25), Fraction(2, 25)]
 
 
+def video_streams(path):
+    """(average frame rate of the video stream, number of audio streams) as a demuxer reads them."""
+    with av.open(str(path)) as container:
+        return container.streams.video[0].average_rate, len(container.streams.audio)
+
+
+def test_stream_rate_follows_the_input_and_fps_times_a_folder(work, tmp_path):
+    assert main([str(work['clip']), str(tmp_path / 'out.mp4'), '--model', str(work['elsr_ckpt']), '--quiet']) == 0
+    assert video_streams(work['clip']) == (30, 0) and video_streams(tmp_path / 'out.mp4') == (30, 0)
+    folder = tmp_path / 'frames'
+    folder.mkdir()
+    for i, image in enumerate(carphone_frames(4, (48, 40))):
+        cv2.imwrite(str(folder / f'{i}.png'), image[..., ::-1])
+    for fps in ('50', '12.5'):
+        out = tmp_path / f'fps{fps}.mp4'
+        assert main([str(folder), str(out), '--model', str(work['elsr_ckpt']), '--fps', fps, '--quiet']) == 0
+        rate = Fraction(fps)
+        assert decode(out)[1] == [i / rate for i in range(4)]  # pts = index / fps
+        assert video_streams(out)[0] == rate
+
+
+def test_no_audio_drops_the_audio_stream_only(work, tmp_path):
+    out = tmp_path / 'silent.mp4'
+    assert main([str(work['vfr_audio']), str(out), '--model', str(work['elsr_ckpt']), '--no-audio', '--quiet']) == 0
+    assert video_streams(work['vfr_audio'])[1] == 1 and video_streams(out)[1] == 0
+    assert decode(out)[1] == decode(work['vfr_audio'])[1]  # the video and its timing are untouched
+
+
+@pytest.mark.parametrize('change', ['unexpected', 'missing'])
+def test_checkpoints_load_strictly(work, tmp_path, capsys, change):
+    """A tensor too many or too few (one the architecture's detection does not need) is an error, not a guess."""
+    state = dict(work['elsr'].state_dict())
+    if change == 'unexpected':
+        key = 'layer7.weight'
+        state[key] = torch.zeros(3, 3, 3, 3)
+    else:
+        key = 'layer2_4.conv2.bias'  # zeros in the analytic net, so a non-strict load would give the same output
+        del state[key]
+    ckpt = tmp_path / 'changed.pth'
+    torch.save({'params': state}, ckpt)
+    capsys.readouterr()
+    assert main([str(work['clip']), str(tmp_path / 'out.mp4'), '--model', str(ckpt), '--quiet']) == 1
+    err = capsys.readouterr().err
+    assert key in err and 'Traceback' not in err
+    assert no_leftovers(tmp_path, 'out.mp4')
+
+
 def test_bad_inputs_and_outputs_fail_cleanly(work, tmp_path, capsys):
     ckpt = str(work['elsr_ckpt'])
     corrupt = tmp_path / 'corrupt.mp4'
