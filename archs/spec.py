@@ -133,11 +133,11 @@ ARCH_SPECS: dict[str, ArchSpec] = {}
 
 
 def register_spec(spec: ArchSpec) -> ArchSpec:
-    """Add ``spec`` to :data:`ARCH_SPECS` (idempotent for the same spec; a different spec under a taken name
-    raises)."""
+    """Add ``spec`` to :data:`ARCH_SPECS`. The same module registering again (a reload) replaces its spec; a spec
+    from another module under a taken name raises."""
     known = ARCH_SPECS.get(spec.name)
-    if known is not None and known is not spec and known != spec:
-        raise ValueError(f'a different spec for {spec.name!r} is already registered')
+    if known is not None and known.infer.__module__ != spec.infer.__module__:
+        raise ValueError(f'a spec for {spec.name!r} is already registered by {known.infer.__module__}')
     ARCH_SPECS[spec.name] = spec
     return spec
 

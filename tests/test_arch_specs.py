@@ -155,3 +155,10 @@ def test_mia_and_iia_published_key_lists(reference_keys):
     mask_keys = [k for k in states[MIAVSR] if '.predmask.' in k]
     assert mask_keys and check_state_dict_fits(net, states[IIAVSR]) == [
         f'missing {k} {list(states[MIAVSR][k].shape)}' for k in mask_keys]
+
+
+def test_a_second_spec_under_a_taken_name_is_refused():
+    from vsrkit.archs.spec import ArchSpec, register_spec
+    with pytest.raises(ValueError, match="spec for 'VDSR' is already registered by vsrkit.archs.vdsr_arch"):
+        register_spec(ArchSpec('VDSR', present=('x',), infer=lambda s: {}, io=lambda o: ModelIO('frame', 'rgb', 3, 3, 1)))
+    assert ARCH_SPECS['VDSR'].present == ('input.weight', 'residual_layer.0.conv.weight', 'output.weight')
