@@ -1,24 +1,84 @@
-"""Checkpoint files: tolerant reading of the usual weight-file layouts (atomic writes: ``vsrkit.utils.atomic``)."""
+"""Checkpoint files: one reader for the usual weight-file formats and layouts, and the safetensors writer.
+
+Formats (by content, not by suffix): ``.pth`` / ``.pt`` / ``.ckpt`` torch pickles (read with
+``weights_only=True``, so no pickled code runs; the published VDSR whole-module pickles through the restricted
+unpickler of :mod:`vsrkit.utils.legacy_checkpoint`) and ``.safetensors`` (the format model sites distribute).
+Layouts: ``params`` / ``params_ema`` (BasicSR), ``state_dict`` (Lightning ``.ckpt``), ``model``, bare state
+dicts, and DataParallel/DDP ``module.`` prefixes (:func:`extract_state_dict`).
+
+A safetensors file holds flat tensors and string metadata; vsrkit writes one network's weights (the EMA ones
+when training keeps them) with the ``network_g`` options as JSON metadata, which :func:`load_file` returns as
+BasicSR's ``{'params': ..., 'network_g': ...}`` so the loader reads both kinds alike. Atomic writes:
+``vsrkit.utils.atomic``.
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import safetensors
+import safetensors.torch
 import torch
 
+from vsrkit.utils.atomic import atomic_write
 from vsrkit.utils.legacy_checkpoint import load_legacy_checkpoint
 
 WEIGHT_KEYS = ('params_ema', 'params', 'state_dict', 'model_state_dict', 'net_g', 'model')
+SAFETENSORS_MAGIC_END = b'{'  # a safetensors file: 8-byte little-endian header length, then a JSON header
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` holds a safetensors file (its header: a length, then JSON), whatever its suffix."""
+    with open(path, 'rb') as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == SAFETENSORS_MAGIC_END and int.from_bytes(head[:8], 'little') > 1
+
+
+def load_safetensors(path: str | Path) -> dict[str, Any]:
+    """A safetensors file: its tensors, or ``{'params': tensors, 'network_g': options}`` when its metadata
+    holds vsrkit's ``network_g``."""
+    try:
+        tensors = safetensors.torch.load_file(str(path), device='cpu')
+        with safetensors.safe_open(str(path), framework='pt') as handle:
+            metadata = handle.metadata() or {}
+    except (safetensors.SafetensorError, OSError) as err:
+        raise ValueError(f'cannot read safetensors file {path}: {err}') from None
+    if 'network_g' not in metadata:
+        return tensors
+    try:
+        return {'params': tensors, 'network_g': json.loads(metadata['network_g'])}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: metadata 'network_g' is not JSON ({err})") from None
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | Path, network_g: dict | None = None) -> Path:
+    """Write a state dict as safetensors, atomically, with ``network_g`` (JSON) as metadata.
+
+    Tensors that share storage (tied layers) are written once each under every name: safetensors refuses
+    aliases, and loading copies the same values into the tied parameter."""
+    seen: set[int] = set()
+    tensors = {}
+    for key, value in state.items():
+        value = value.detach().cpu()
+        storage = value.untyped_storage().data_ptr()
+        shared = storage in seen or value.numel() != value.untyped_storage().nbytes() // value.element_size()
+        tensors[key] = value.clone() if shared or not value.is_contiguous() else value
+        seen.add(storage)
+    metadata = {'format': 'pt'}
+    if network_g is not None:
+        metadata['network_g'] = json.dumps(network_g)
+    data = safetensors.torch.save(tensors, metadata=metadata)
+    return atomic_write(path, lambda handle: handle.write(data))
 
 
 def load_file(path: str | Path) -> Any:
-    """Load a checkpoint on CPU without running pickled code.
-
-    ``torch.load(weights_only=True)`` reads ordinary checkpoints; a whole pickled module (the published VDSR
-    files) is converted by the restricted unpickler of ``vsrkit.utils.legacy_checkpoint`` instead."""
+    """Load a checkpoint on CPU without running pickled code (module docstring: the formats)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path} does not exist')
+    if is_safetensors(path):
+        return load_safetensors(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:

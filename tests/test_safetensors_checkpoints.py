@@ -1,0 +1,75 @@
+"""One loader for .pth / .pt / .ckpt / .safetensors (vsrkit.utils.checkpoint.load_file) through the usual wrappers,
+and safetensors written by vsrkit (tied weights, network_g metadata) read back to the same network."""
+import json
+
+import pytest
+import safetensors.torch
+import torch
+from skimage import data
+
+import vsrkit.archs  # noqa: F401
+from vsrkit.archs.elsr_arch import ELSR
+from vsrkit.archs.loader import load_model
+from vsrkit.archs.vit_arch import ViTSR
+from vsrkit.utils.checkpoint import extract_state_dict, load_file, save_safetensors
+
+
+@pytest.fixture(scope='module')
+def photo():
+    return torch.from_numpy(data.astronaut()[::16, ::16].copy()).permute(2, 0, 1)[None].float() / 255  # 32x32
+
+
+def tied_vit():
+    torch.manual_seed(0)
+    net = ViTSR(embed_dim=16, num_heads=2, depth=3, mlp_dim=32, scale=2).eval()
+    torch.nn.init.normal_(net.upsample[2].weight, std=0.05)
+    return net
+
+
+def test_safetensors_round_trip_keeps_tied_weights_and_network_g(tmp_path, photo):
+    net = tied_vit()
+    options = {'type': 'ViTSR', 'embed_dim': 16, 'num_heads': 2, 'depth': 3, 'mlp_dim': 32, 'scale': 2}
+    path = save_safetensors(net.state_dict(), tmp_path / 'vit.safetensors', options)
+    with safetensors.safe_open(str(path), framework='pt') as handle:  # read by safetensors itself
+        assert json.loads(handle.metadata()['network_g']) == options
+        assert sorted(handle.keys()) == sorted(net.state_dict())
+    checkpoint = load_file(path)
+    assert checkpoint['network_g'] == options
+    loaded, info = load_model(path)
+    assert info['arch'] == 'ViTSR' and info['source'] == 'network_g'
+    assert loaded.transformer.layers[0] is loaded.transformer.layers[2]  # still one tied layer
+    with torch.no_grad():
+        assert torch.equal(loaded(photo), net(photo))
+    assert [p.name for p in tmp_path.iterdir()] == ['vit.safetensors']  # written atomically, nothing left over
+
+
+def test_plain_safetensors_from_a_model_site_is_detected_by_shapes(tmp_path, photo):
+    torch.manual_seed(1)
+    net = ELSR(scale=4, num_feat=6).eval()
+    path = tmp_path / 'elsr_x4.safetensors'
+    safetensors.torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    loaded, info = load_model(path)
+    assert (info['arch'], info['source'], info['options']['scale']) == ('ELSR', 'shapes', 4)
+    with torch.no_grad():
+        assert torch.equal(loaded(photo), net(photo))
+
+
+@pytest.mark.parametrize('suffix, wrap', [('.pth', 'params'), ('.pth', 'params_ema'), ('.pt', None),
+                                          ('.ckpt', 'state_dict'), ('.pth', 'model')])
+def test_every_suffix_and_wrapper_loads_the_same_weights(tmp_path, suffix, wrap):
+    net = ELSR(scale=2, num_feat=6)
+    state = {f'module.{k}': v for k, v in net.state_dict().items()}  # a DataParallel/DDP save
+    path = tmp_path / f'net{suffix}'
+    torch.save(state if wrap is None else {wrap: state, 'epoch': 3}, path)
+    got = extract_state_dict(load_file(path))
+    assert list(got) == list(net.state_dict()) and all(torch.equal(got[k], v) for k, v in net.state_dict().items())
+
+
+def test_bad_files_are_named(tmp_path):
+    broken = tmp_path / 'broken.safetensors'
+    header = json.dumps({'w': {'dtype': 'F32', 'shape': [4], 'data_offsets': [0, 16]}}).encode()
+    broken.write_bytes(len(header).to_bytes(8, 'little') + header + b'\0' * 3)  # 3 of the 16 bytes the header promises
+    with pytest.raises(ValueError, match='broken.safetensors'):
+        load_file(broken)
+    with pytest.raises(FileNotFoundError, match='missing.safetensors'):
+        load_file(tmp_path / 'missing.safetensors')
