@@ -12,11 +12,10 @@ checkpoint fits ``network_g`` (keys and shapes against the network built on the 
 """
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 
@@ -36,7 +35,8 @@ from vsrkit.models.basicsr_driver import basicsr_model_problems
 from vsrkit.models.optim import optimizer_names, scheduler_names
 from vsrkit.utils.checkpoint import extract_state_dict, load_file
 from vsrkit.utils.signature import OptionsError, signature_problem
-from vsrkit.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+from vsrkit.utils.registry import (ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY,
+                                   unknown_name_message)
 
 DATAROOT_KEYS = ('dataroot_gt', 'dataroot_lq', 'meta_info_file')
 SCALE_KEYS = ('scale', 'upscale')
@@ -85,13 +85,6 @@ def state_dict_mismatches(expected: dict[str, tuple[int, ...]], given: dict[str,
               if k in given and tuple(given[k].shape) != expected[k]]
     return ([f'missing {missing}'] if missing else []) + ([f'unexpected {unexpected}'] if unexpected else []) + \
         ([f'shapes differ: {", ".join(shapes)}'] if shapes else [])
-
-
-def unknown_name_message(where: str, kind: str, name: object, known: Iterable[str]) -> str:
-    known = sorted(known)
-    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else ''
-    return f"{where}: unknown {kind} '{name}'.{hint} Registered: {', '.join(known)}"
 
 
 class _Checker:

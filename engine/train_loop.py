@@ -27,6 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 import basicsr.utils.logger as basicsr_logging
+import vsrkit.data
 from vsrkit.data.sample_data import ensure_sample_data
 from vsrkit.data.sampling import SeededSamples, ShardedEpochSampler
 from vsrkit.utils.dist import DistInfo, any_rank, barrier, cleanup, init_distributed
@@ -40,7 +41,6 @@ from vsrkit.models.base import unwrap
 from vsrkit.models.basicsr_driver import build_model
 from vsrkit.utils.atomic import atomic_write_text
 from vsrkit.utils.signature import OptionsError
-from vsrkit.utils.registry import DATASET_REGISTRY
 
 logger = logging.getLogger('vsrkit')
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -216,7 +216,9 @@ def build_dataset(phase: str, dataset_opt: dict):
     """The dataset of ``datasets.<phase>``; what its construction finds wrong with the data (a missing key or file,
     sizes that disagree) becomes one OptionsError line, raised before the experiment folder is touched."""
     try:
-        return DATASET_REGISTRY.get(dataset_opt['type'])(dataset_opt)
+        return vsrkit.data.build_dataset(dataset_opt, where=f'datasets.{phase}')
+    except OptionsError:  # an unknown type: already one line naming the option
+        raise
     except (KeyError, ValueError, OSError) as err:
         raise OptionsError(f"datasets.{phase} ({dataset_opt['type']}): {describe_error(err)}") from None
 
@@ -435,7 +437,7 @@ class Trainer:
 
 def main(argv: list[str] | None = None, root: str | Path | None = None) -> int:
     args = parse_args(argv)
-    root = Path(root) if root is not None else Path.cwd()  # BREAK-CHECK
+    root = Path(root) if root is not None else default_root()
     try:
         opt = load_options(args.opt, root=root, overrides=args.force_yml, debug=args.debug)
         check_options(opt)

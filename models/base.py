@@ -29,25 +29,19 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import vsrkit.archs  # noqa: F401  (model types build networks and losses by name from these registries)
-import vsrkit.losses  # noqa: F401
+from vsrkit.archs import build_network
+from vsrkit.losses import build_loss
 from vsrkit.archs.loader import load_state, read_state_dict
 from vsrkit.models.optim import build_optimizer, build_scheduler
 from vsrkit.utils.atomic import atomic_save
 from vsrkit.utils.precision import autocast_for, parse_dtype
 from vsrkit.utils.dist import all_gather_objects, choose_device, get_rank_world
-from vsrkit.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
 logger = logging.getLogger('vsrkit')
 # Validation results go to basicsr's logger, in its format: basicsr's train.py writes its log file through it,
 # and vsrkit's loop routes it to its own handlers (engine.train_loop.setup_logging).
 validation_logger = logging.getLogger('basicsr')
 LATEST = -1  # basicsr's save(epoch=-1, current_iter=-1): the latest weights, no training state
-
-def build_network(opt: dict) -> nn.Module:
-    kwargs = dict(opt)
-    return ARCH_REGISTRY.get(kwargs.pop('type'))(**kwargs)
-
 
 def unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, DistributedDataParallel) else net
@@ -68,7 +62,7 @@ class TrainableModel:
         self.is_train = bool(opt.get('is_train', False))
         self.rank, self.world_size = get_rank_world()
         self.device = torch.device(opt['device']) if 'device' in opt else choose_device(opt.get('num_gpu', 'auto'))
-        self.net_g = build_network(opt['network_g']).to(self.device)
+        self.net_g = build_network(opt['network_g'], where='network_g').to(self.device)
         n_params = sum(p.numel() for p in {id(p): p for p in self.net_g.parameters()}.values())
         logger.info(f"Network {opt['network_g']['type']}: {n_params:,} parameters")
         self.load_pretrained()
@@ -102,13 +96,13 @@ class TrainableModel:
         self.grad_clip_norm = train.get('grad_clip_norm')
         self.amp_dtype = amp_dtype(train, self.device)
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp_dtype is torch.float16)
-        self.losses = nn.ModuleDict({key[:-len('_opt')]: self.build_loss(value)
+        self.losses = nn.ModuleDict({key[:-len('_opt')]: build_loss(value, where=f'train.{key}').to(self.device)
                                      for key, value in train.items() if key.endswith('_opt') and value})
         self.ema_decay = float(train.get('ema_decay', 0) or 0)
         if self.ema_decay > 0:
             self.net_g_ema = copy.deepcopy(self.net_g).eval().requires_grad_(False)
         self.net_g.train()
-        if False:  # BREAK-CHECK
+        if self.world_size > 1:
             self.net_g = DistributedDataParallel(
                 self.net_g, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
                 find_unused_parameters=bool(train.get('find_unused_parameters', False)))
@@ -119,10 +113,6 @@ class TrainableModel:
         self.scheduled_steps = 0  # optimizer steps the LR schedule has advanced for
         self._window_logs: dict[str, float] = {}  # loss sums over the micro-batches of the step in progress
         self._window_count = 0
-
-    def build_loss(self, loss_opt: dict) -> nn.Module:
-        kwargs = dict(loss_opt)
-        return LOSS_REGISTRY.get(kwargs.pop('type'))(**kwargs).to(self.device)
 
     def optimizer_param_groups(self) -> list[dict]:
         """Trainable parameters as optimizer param groups; override for per-module learning rates."""

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 import basicsr.models  # noqa: F401  (registers basicsr's model types)
+import vsrkit.models
 from vsrkit.models.base import prune_training_states
 from vsrkit.utils.dist import get_rank_world
 from vsrkit.utils.registry import MODEL_REGISTRY
@@ -158,4 +159,4 @@ def build_model(opt: dict, device: torch.device):
     """The model ``opt['model_type']`` names: vsrkit's types as they are, basicsr's through the driver."""
     if is_basicsr_model(opt['model_type']):
         return BasicsrModelDriver(opt, device)
-    return MODEL_REGISTRY.get(opt['model_type'])(opt)
+    return vsrkit.models.build_model(opt)

@@ -7,17 +7,19 @@ clear message, when a different class would shadow an existing name — e.g. one
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import vsrkit.utils.basicsr_compat  # noqa: F401  (must precede the basicsr import)
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY, Registry
+from vsrkit.utils.signature import OptionsError
 
 T = TypeVar('T')
 
 __all__ = ['ARCH_REGISTRY', 'DATASET_REGISTRY', 'LOSS_REGISTRY', 'METRIC_REGISTRY', 'MODEL_REGISTRY', 'register',
-           'import_submodules']
+           'import_submodules', 'unknown_name_message', 'lookup']
 
 
 def _origin(obj: object) -> tuple[str, str]:
@@ -52,3 +54,21 @@ def import_submodules(package: str, package_file: str, suffix: str) -> list[str]
     for stem in names:
         importlib.import_module(f'{package}.{stem}')
     return [f'{package}.{stem}' for stem in names]
+
+
+def unknown_name_message(where: str, kind: str, name: object, known: Iterable[str]) -> str:
+    """One line for a name no registry entry has: where it was given, the closest registered name, all of them."""
+    known = sorted(known)
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ''
+    return f"{where}: unknown {kind} '{name}'.{hint} Registered: {', '.join(known)}"
+
+
+def lookup(registry: Registry, name: object, kind: str, where: str) -> Any:
+    """``registry``'s entry ``name``; OptionsError naming ``where`` when the name is missing or unknown (basicsr's
+    own ``Registry.get`` only says 'No object named ... found')."""
+    if name is None:
+        raise OptionsError(f'{where}: missing; expected the name of a registered {kind}')
+    if name not in registry:
+        raise OptionsError(unknown_name_message(where, kind, name, registry.keys()))
+    return registry.get(name)
