@@ -87,6 +87,7 @@ class BasicsrModelDriver:
     """A basicsr image model with the interface of vsrkit's model types (see module docstring)."""
 
     accumulate = 1  # basicsr's models step their optimizers on every batch
+    micro_step = 0  # no micro-batches to roll back when a sample fails: every batch is a whole iteration
 
     def __init__(self, opt: dict, device: torch.device) -> None:
         self.opt = opt
@@ -106,6 +107,10 @@ class BasicsrModelDriver:
         self.basicsr_opt['dist'] = world_size > 1  # from here on: rank-0 validation, losses averaged over ranks
         self.warmup_iter = int(opt['train'].get('warmup_iter', -1) or -1)
         self.last_validation: list[dict] = []
+
+    @property
+    def net_g(self) -> torch.nn.Module:
+        return self.model.net_g
 
     def feed_data(self, data: dict) -> None:
         self.model.feed_data(data)

@@ -66,3 +66,70 @@ def test_gradient_clipping_bounds_the_update():
     after = torch.cat([p.detach().flatten() for p in model.net_g.parameters()])
     assert model.get_current_log()['grad_norm'] > 1e-3
     assert (after - before).norm() == pytest.approx(1e-3, rel=1e-3)  # SGD lr 1: the step is the clipped gradient
+
+
+def lr_per_optimizer_step(calls_before_each_micro_batch: bool) -> list[float]:
+    """The LR each of 4 optimizer steps used (accumulation 2), with update_learning_rate called as vsrkit's loop
+    does (after each iteration) or as basicsr's does (before every micro-batch)."""
+    torch.manual_seed(0)
+    model = ImageSRModel(options(accumulate_grad_batches=2, warmup_iter=1,
+                                 scheduler={'type': 'StepLR', 'step_size': 1, 'gamma': 0.5}))
+    used = []
+    for micro in range(1, 9):
+        if calls_before_each_micro_batch:
+            model.update_learning_rate(micro)
+        model.feed_data(batch(2, seed=micro))
+        lr = model.get_current_learning_rate()[0]
+        model.optimize_parameters(micro)
+        if micro % 2 == 0:
+            used.append(lr)
+            if not calls_before_each_micro_batch:
+                model.update_learning_rate(micro // 2)
+    return used
+
+
+def test_lr_schedule_steps_once_per_optimizer_step_under_either_loop():
+    expected = [0.1 / 2, 0.1, 0.05, 0.025]  # LinearLR warm-up from 1/2 over 1 step, then StepLR halving each step
+    assert lr_per_optimizer_step(False) == pytest.approx(expected)
+    assert lr_per_optimizer_step(True) == pytest.approx(expected)
+
+
+def test_log_has_the_loss_before_the_first_step_completes():
+    model = ImageSRModel(options(accumulate_grad_batches=2))
+    model.feed_data(batch(2))
+    model.optimize_parameters(1)
+    first = model.get_current_log()['l_pixel']
+    assert first == pytest.approx(torch.nn.functional.mse_loss(model.output, model.gt).item())
+    model.feed_data(batch(2, seed=1))
+    model.optimize_parameters(2)
+    second = torch.nn.functional.mse_loss(model.output, model.gt).item()
+    assert model.get_current_log()['l_pixel'] == pytest.approx((first + second) / 2)
+
+
+def test_save_latest_and_keep_training_states(tmp_path):
+    opt = options()
+    opt['path'] = {'models': str(tmp_path / 'models'), 'training_states': str(tmp_path / 'states')}
+    opt['logger'] = {'keep_training_states': 2}
+    model = ImageSRModel(opt)
+    (tmp_path / 'states').mkdir()
+    (tmp_path / 'states' / 'notes.txt').write_text('not a state')
+    for iteration in (5, 10, 15):
+        model.save(0, iteration)
+    model.save(-1, -1)  # basicsr's "latest": weights only
+    assert sorted(p.name for p in (tmp_path / 'states').iterdir()) == ['10.state', '15.state', 'notes.txt']
+    assert sorted(p.name for p in (tmp_path / 'models').iterdir()) == [
+        'net_g_10.pth', 'net_g_15.pth', 'net_g_5.pth', 'net_g_latest.pth']
+    opt['logger'] = {}
+    ImageSRModel(opt).save(0, 20)  # default: keep all
+    assert len(list((tmp_path / 'states').glob('*.state'))) == 3
+
+
+def test_validation_logged_in_basicsrs_format_with_best(caplog, tmp_path):
+    model = ImageSRModel(options())
+    model.opt['val'] = {'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0},
+                                    'niqe_like': {'type': 'calculate_psnr', 'crop_border': 0, 'better': 'lower'}}}
+    for value, iteration in ((20.0, 4), (19.0, 8), (21.0, 12)):
+        with caplog.at_level('INFO', logger='basicsr'):
+            model.log_validation('val', {'psnr': value, 'niqe_like': value}, iteration, None)
+    assert caplog.messages[-1] == ('Validation val\n\t # psnr: 21.0000\tBest: 21.0000 @ 12 iter\n'
+                                   '\t # niqe_like: 21.0000\tBest: 19.0000 @ 8 iter\n')

@@ -12,7 +12,11 @@ Second, and last, patch: basicsr's video models (``VideoBaseModel``, ``VideoRecu
 subclasses) create their per-frame metric tensors with ``torch.zeros(..., device='cuda')`` in
 ``dist_validation``, so they cannot validate on a machine without CUDA. They create them only when the model
 has no ``metric_results`` yet; ``metric_tensors_on_model_device`` wraps ``dist_validation`` to create the same
-tensors first, on the model's own device (``self.device``: CPU when ``num_gpu`` is 0). Nothing else changes.
+tensors first, on the model's own device (``self.device``: CPU when ``num_gpu`` is 0). The same wrapper mends
+the one other CPU-only fault on that path: ``VideoRecurrentModel`` unsqueezes a clip in place, feeds it, then
+squeezes it back in place; on the GPU ``feed_data``'s ``.to('cuda')`` made a copy, on the CPU ``.to('cpu')``
+returns the very tensor, so the squeeze also shrinks the model's input to 4-D. During validation the wrapper
+feeds new tensor objects over the same memory (``view_as``: no copy). Nothing else changes.
 
 Other BasicSR breakages on today's stack (CUDA-only distributed init and resume, Adam-only optimizers, the
 cosine-restart crash, eager lmdb opens) are not patched here: vsrkit's own training loop, schedulers and
@@ -64,7 +68,12 @@ def metric_tensors_on_model_device(dist_validation):
             frames = Counter(dataloader.dataset.data_info['folder'])
             self.metric_results = {folder: torch.zeros(n, len(metrics), dtype=torch.float32, device=self.device)
                                    for folder, n in frames.items()}
-        return dist_validation(self, dataloader, current_iter, tb_logger, save_img)
+        feed_data = self.feed_data
+        self.feed_data = lambda data: feed_data({k: v.view_as(v) if torch.is_tensor(v) else v for k, v in data.items()})
+        try:
+            return dist_validation(self, dataloader, current_iter, tb_logger, save_img)
+        finally:
+            del self.feed_data  # the class's method again
 
     wrapper.vsrkit_patched = True
     return wrapper
