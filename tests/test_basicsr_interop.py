@@ -228,11 +228,17 @@ def test_video_validation_across_libraries_on_cpu(sample_reds_clips, tmp_path):
     assert ours.best_metric_results['REDS4']['psnr']['iter'] == 0
 
 
-def test_vsrkit_loop_drives_basicsr_srmodel(photo_pairs, tmp_path):
-    opt = image_options('sr', photo_pairs, 'SRModel', {'type': 'ELSR', 'scale': 2, 'num_feat': 4},
+@pytest.mark.parametrize('model_type', ['SRModel', 'ESRGANModel'])
+def test_vsrkit_loop_drives_basicsr_image_models(photo_pairs, tmp_path, model_type):
+    """basicsr's types on vsrkit's loop (CPU here): basicsr's LR semantics, its checkpoints, pruned states."""
+    opt = image_options('sr', photo_pairs, model_type, {'type': 'ELSR', 'scale': 2, 'num_feat': 4},
                         {'optim_g': {'type': 'Adam', 'lr': 1e-3},
                          'scheduler': {'type': 'MultiStepLR', 'milestones': [2], 'gamma': 0.5},
                          'pixel_opt': {'type': 'L1Loss'}, 'total_iter': 4})
+    if model_type == 'ESRGANModel':  # a discriminator that takes 16-pixel patches, a loss that downloads nothing
+        opt['network_d'] = {'type': 'UNetDiscriminatorSN', 'num_in_ch': 3, 'num_feat': 4}
+        opt['train'].update(optim_d={'type': 'Adam', 'lr': 1e-3},
+                            gan_opt={'type': 'GANLoss', 'gan_type': 'vanilla', 'loss_weight': 0.1})
     opt['logger'].update(keep_training_states=1, save_checkpoint_freq=2)
     path = tmp_path / 'sr.yml'
     path.write_text(yaml.safe_dump(opt))
@@ -240,10 +246,12 @@ def test_vsrkit_loop_drives_basicsr_srmodel(photo_pairs, tmp_path):
     experiment = tmp_path / 'experiments' / 'sr'
     logs = [json.loads(line) for line in (experiment / 'train_log.jsonl').read_text().splitlines()]
     assert [r['lr'][0] for r in logs] == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])  # as under basicsr's loop
-    assert all(r['l_pix'] > 0 for r in logs)
+    pixel = 'l_pix' if model_type == 'SRModel' else 'l_g_pix'
+    assert all(r[pixel] > 0 for r in logs) and (model_type == 'SRModel' or all('l_d_real' in r for r in logs))
     assert sorted(p.name for p in (experiment / 'training_states').iterdir()) == ['4.state']
     saved = torch.load(experiment / 'models' / 'net_g_4.pth', weights_only=True)
     assert set(saved) == {'params'}  # basicsr's own save
+    assert (model_type == 'SRModel') != (experiment / 'models' / 'net_d_4.pth').is_file()
 
 
 def test_vsrkit_loop_refuses_up_front(photo_pairs, tmp_path, capsys):
