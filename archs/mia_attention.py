@@ -20,7 +20,11 @@ from torch import nn
 from vsrkit.archs.mia_mask import MaskPredictor
 from vsrkit.archs.mia_window_layout import WindowLayout, relative_position_index
 
-WINDOW_CHUNK = 16  # windows a block computes at a time (temporaries of a few MB at the REDS width)
+# windows a block computes at a time: few, large parallel regions (a barrier stalls whenever one thread is
+# descheduled: 16 windows per chunk made a 180x320 block ~3x slower than 256 on a loaded 2-core machine,
+# benchmarks/miavsr_speed.py); temporaries stay bounded (~50 MB of keys/values at the REDS width)
+WINDOW_CHUNK = 256
+PARTIAL_FILL = 0.75  # sparse path: a chunk of partly kept windows holds windows of >= this share of its largest
 WHOLE_WINDOW_SLACK = 8  # sparse path: a window missing at most this many kept tokens is computed whole
 
 
@@ -100,9 +104,9 @@ class InterIntraWindowAttention(nn.Module):
         current: (rows, C) normalised current-frame tokens of the layout of a (shifted) block; aligned:
         (b*nW, S-L, C); kept_mask: bool (b*nW, L). Windows without a kept token are skipped (not even k/v). A
         window with at most WHOLE_WINDOW_SLACK tokens not kept is computed whole, with the broadcast mask of
-        its shift pattern. The other windows are sorted by their number of kept tokens and taken WINDOW_CHUNK
-        at a time; a chunk's queries are each window's kept tokens, padded to the chunk's largest count, with
-        their mask rows gathered per query.
+        its shift pattern. The other windows are sorted by their number of kept tokens and taken up to WINDOW_CHUNK
+        at a time (while they hold at least PARTIAL_FILL of the chunk's largest count); a chunk's queries are
+        each window's kept tokens, padded to the chunk's largest count, with their mask rows gathered per query.
         """
         out = previous.clone()
         tokens = layout.tokens
@@ -146,11 +150,15 @@ class InterIntraWindowAttention(nn.Module):
         if partial.numel():
             # per window, its kept token positions first (in order), then the others
             kept_first = torch.argsort((~kept_mask.index_select(0, partial)).to(torch.int8), dim=1, stable=True)
-            caps = kept_counts[partial[::WINDOW_CHUNK]].tolist()  # a chunk's largest count: its first window's
-            for first, cap in zip(range(0, partial.numel(), WINDOW_CHUNK), caps):
-                which = partial[first:first + WINDOW_CHUNK]
-                attend(which, kept_first[first:first + WINDOW_CHUNK, :cap], every[:cap] < kept_counts[which, None],
-                       None)
+            counts = kept_counts[partial].tolist()  # descending
+            first = 0
+            while first < len(counts):
+                cap, stop = counts[first], min(first + WINDOW_CHUNK, len(counts))
+                # queries are padded to the chunk's largest count: end the chunk where that would waste much
+                stop = next((i for i in range(first + 1, stop) if counts[i] < PARTIAL_FILL * cap), stop)
+                which = partial[first:stop]
+                attend(which, kept_first[first:stop, :cap], every[:cap] < kept_counts[which, None], None)
+                first = stop
         if computed_rows:
             out.index_copy_(0, torch.cat(computed_rows), torch.cat(computed_values).to(out.dtype))
         return out

@@ -57,6 +57,11 @@ def _select(new: torch.Tensor, old: torch.Tensor, keep_weight: torch.Tensor,
     return new.index_copy_(0, reused_rows, old.index_select(0, reused_rows))
 
 
+def _joined(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """The chunks' rows in one tensor (no copy where there is a single chunk)."""
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
 class InterIntraBlock(nn.Module):
     """One (masked) inter&intra-frame attention block; odd blocks shift the windows by half a window.
 
@@ -66,9 +71,10 @@ class InterIntraBlock(nn.Module):
       (``layout.aligned_windows(normalise(tokens), shifted)``); consts: ``self.constants(layout)``. The new
       state is None when no mask will read it (no predictor, or ``use_mask`` off).
 
-    The block runs WINDOW_CHUNK windows at a time from the norm to the MLP, so its temporaries are a few MB
-    whatever the frame size, and a chunk's keys/values stay in a core's L2 cache (measured: 16 windows per
-    chunk made the masked block ~20% faster than 32; the unmasked one is the same).
+    The block runs WINDOW_CHUNK windows at a time from the norm to the MLP, so its temporaries stay bounded
+    whatever the frame size while its parallel regions stay few and large (see ``mia_attention.WINDOW_CHUNK``;
+    on a quiet machine 16 windows per chunk were measured ~20 % faster than 32 for the masked block — the L2
+    cache —, but under load the thousands of small regions of 16-window chunks stalled at their barriers).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: Sequence[int], shifted: bool, mlp_ratio: float,
@@ -166,8 +172,8 @@ class InterIntraBlock(nn.Module):
                 attn_outs.append(attn_out)
                 hiddens.append(hidden)
         if not with_state:
-            return torch.cat(outs), None, None
-        return torch.cat(outs), torch.cat(attn_outs), torch.cat(hiddens)
+            return _joined(outs), None, None
+        return _joined(outs), _joined(attn_outs), _joined(hiddens)
 
     def _forward_kept(self, x: torch.Tensor, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
                       layout: WindowLayout, state: BlockState, kept_mask: torch.Tensor

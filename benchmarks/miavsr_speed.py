@@ -14,18 +14,37 @@ the useful FLOPs of one steady-state frame at that keep ratio (window attention,
 for kept tokens, keys/values for all; convolutions; SpyNet counted with FlopCounterMode for one frame pair in
 each direction) -> the achieved fraction. Ratios within one run are what to compare: the machine may be shared
 (with several threads, a thread descheduled by another process stalls the others at every barrier).
-bf16 autocast rows (not the fp32 function; AMX or tensor cores): always on CUDA, on CPU with ``--bf16``.
+bf16 autocast rows (not the fp32 function): on CUDA, and on a CPU with AMX or AVX512-BF16 (detected from
+``torch.backends.cpu.get_cpu_capability()`` and /proc/cpuinfo; ``--bf16`` forces them), with the PSNR of the
+bf16 output against the fp32 output on real frames (crops of scikit-image's astronaut photo).
 
-Usage: python benchmarks/miavsr_speed.py [--sizes 64x64:3,180x320:2] [--keep 0.75,0.5,0.25] [--reps 1]
-       [--threads N] [--weights checkpoint.pth] [--bf16]
+Baseline (whenever ../shared/reference/originals is present; ``--baseline off`` skips it, ``only`` runs only
+it): the original MIA-VSR code (LabShuHangGU/MIA-VSR, CPU-patched; a benchmark fixture, never imported by the
+library) with seed-0 random weights at the REDS configuration, vsrkit's MIAVSR with the same state dict
+(loaded strictly), the same real input, both with their mask on; calls alternate in this one process (original,
+vsrkit, original, ...), best and median of each. Conditions: threads = cores; "loaded": the same with a
+competing CPU-bound process that this benchmark starts (and stops) itself; 1 thread. ``--baseline-sizes``
+HxW:frames:pairs (default 64x64:5:3 and 180x320:5:1 — the original may take minutes there).
+``--compare-chunks 16`` adds vsrkit with another WINDOW_CHUNK to the alternation (e.g. the former 16).
+
+Usage: python benchmarks/miavsr_speed.py [--sizes 64x64:3,180x320:2 | none] [--keep 0.75,0.5,0.25] [--reps 1]
+       [--threads N] [--weights checkpoint.pth] [--bf16] [--baseline auto|off|only]
+       [--baseline-sizes 64x64:5:3,180x320:5:1] [--baseline-conditions threads,loaded,single]
+       [--compare-chunks 16]
 """
 from __future__ import annotations
 
 import argparse
 import glob
 import importlib.util
+import math
 import os
+import statistics
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +52,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import vsrkit.archs  # noqa: F401
+from vsrkit.archs import mia_attention, mia_block
 from vsrkit.archs.mia_attention import normalise
 from vsrkit.archs.mia_mask import MaskControl, keep_decision
 from vsrkit.archs.mia_network import MIN_FLOW_SIZE
@@ -182,6 +202,154 @@ def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
             for (name, _, keep), seconds, windows in zip(modes, best, active)]
 
 
+ORIGINALS = Path(__file__).resolve().parents[1].parent / 'shared' / 'reference' / 'originals'
+REDS = dict(mid_channels=64, embed_dim=120, depths=(6, 6, 6, 6), num_heads=(6, 6, 6, 6), window_size=(3, 8, 8),
+            num_frames=3)
+
+
+def bf16_support(device: torch.device) -> tuple[bool, str]:
+    """Whether bf16 rows are worth measuring on ``device``, and why: CUDA always; a CPU only with AMX or
+    AVX512-BF16 (from torch's CPU capability and /proc/cpuinfo's flags; never assumed)."""
+    if device.type == 'cuda':
+        return True, 'CUDA'
+    capability = torch.backends.cpu.get_cpu_capability()
+    try:
+        flags = set(next(line for line in open('/proc/cpuinfo') if line.startswith('flags')).split(':')[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    found = sorted(flags & {'amx_bf16', 'amx_tile', 'avx512_bf16'})
+    if found or 'AMX' in capability or 'BF16' in capability:
+        return True, f'capability {capability}, flags {" ".join(found)}'
+    return False, f'capability {capability}, no amx_bf16 / avx512_bf16 in /proc/cpuinfo'
+
+
+def photo_clip(frames: int, height: int, width: int) -> torch.Tensor:
+    """Real frames for PSNR: crops of scikit-image's astronaut photo, moved a few pixels per frame."""
+    from skimage import data
+    photo = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255
+    scale = max(height / (photo.shape[1] - 4 * frames), width / (photo.shape[2] - 6 * frames), 0.25)
+    photo = F.interpolate(photo[None], scale_factor=scale, mode='area' if scale < 1 else 'bicubic')[0].clamp(0, 1)
+    return torch.stack([photo[:, 2 * i:2 * i + height, 3 * i:3 * i + width] for i in range(frames)])[None]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.clamp(0, 1).double() - b.clamp(0, 1).double()).pow(2).mean().item()
+    return float('inf') if mse == 0 else 10 * math.log10(1 / mse)
+
+
+@contextmanager
+def competing_load(active: bool):
+    """A CPU-bound process beside the benchmark (started and stopped here, by its own pid)."""
+    if not active:
+        yield
+        return
+    load = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        load.kill()
+        load.wait()
+
+
+def progress(line: str) -> None:
+    """Each timed call as it ends, on stderr (a run cut short by a time limit still shows what it measured)."""
+    print(f'  [{time.strftime("%H:%M:%S")}] {line}', file=sys.stderr, flush=True)
+
+
+@contextmanager
+def window_chunk(chunk: int | None):
+    """vsrkit with another WINDOW_CHUNK (windows per chunk of a block) for the duration, or as it is (None)."""
+    if chunk is None:
+        yield
+        return
+    saved = mia_attention.WINDOW_CHUNK
+    mia_attention.WINDOW_CHUNK = mia_block.WINDOW_CHUNK = chunk
+    try:
+        yield
+    finally:
+        mia_attention.WINDOW_CHUNK = mia_block.WINDOW_CHUNK = saved
+
+
+def load_original_class():
+    """The original MIAVSR class, or None (with the reason printed) where the originals are absent."""
+    if not (ORIGINALS / 'miavsr' / 'mia_vsr_arch.py').is_file():
+        print(f'\nbaseline: skipped, the original code is not at {ORIGINALS / "miavsr"}')
+        return None
+    sys.path.insert(0, str(ORIGINALS))
+    from miavsr.mia_vsr_arch import MIAVSR as Original
+    return Original
+
+
+def baseline(args: argparse.Namespace, peak: float) -> None:
+    """The original against vsrkit, alternating calls in this process (see the module docstring)."""
+    Original = load_original_class()
+    if Original is None:
+        return
+    torch.manual_seed(0)
+    original = Original(**REDS).eval()
+    ours = MIAVSR(**REDS).eval()
+    ours.load_state_dict(original.state_dict(), strict=True)
+    conditions = [c for c in args.baseline_conditions.split(',') if c]
+    print('\nbaseline: the original MIA-VSR code vs vsrkit, same seed-0 weights and input (carphone clip), '
+          'fp32, eval, no_grad, mask on in both; alternating calls')
+    chunks = [int(c) for c in args.compare_chunks.split(',') if c]
+    print(f'{"LR size":8} {"t":>2} {"condition":16} {"vsrkit":10} {"pairs":>5} {"orig best":>9} {"orig med":>9} '
+          f'{"vsrkit best":>11} {"vsrkit med":>10} {"x best":>6} {"x med":>6} {"keep":>5} {"of GEMM":>7}')
+    for item in args.baseline_sizes.split(','):
+        size, frames, pairs = (item.split(':') + ['5', '1'])[:3]
+        h, w = (int(v) for v in size.split('x'))
+        frames, pairs = int(frames), int(pairs)
+        lqs = real_clip(frames, h, w)
+        fixed, maskable = frame_flops(ours, lqs)
+        for condition in conditions:
+            threads = 1 if condition == 'single' else args.threads
+            torch.set_num_threads(threads)
+            label = {'threads': f'{threads} threads', 'single': '1 thread',
+                     'loaded': f'{threads} thr + 1 busy'}[condition]
+            contestants = [('vsrkit', None)] + [(f'chunk {c}', c) for c in chunks]
+            times = {name: [] for name in ['original'] + [name for name, _ in contestants]}
+            keep = None
+            with competing_load(condition == 'loaded'), torch.no_grad():
+                for _ in range(pairs):
+                    start = time.perf_counter()
+                    original(lqs)
+                    times['original'].append(time.perf_counter() - start)
+                    progress(f'{h}x{w} {label}: original {times["original"][-1]:.2f} s')
+                    for name, chunk in contestants:
+                        with window_chunk(chunk):
+                            start = time.perf_counter()
+                            _, ratios = ours(lqs, return_keep_ratios=True)
+                            times[name].append(time.perf_counter() - start)
+                        keep = ratios.float().mean().item()
+                        progress(f'{h}x{w} {label}: {name} {times[name][-1]:.2f} s')
+            best = {k: min(v) for k, v in times.items()}
+            median = {k: statistics.median(v) for k, v in times.items()}
+            # clip FLOPs: every branch's first processed frame is computed whole, later ones at the keep ratio
+            flops = frames * fixed + (1 + (frames - 1) * keep) * maskable
+            for name, _ in contestants:
+                print(f'{h}x{w:<5} {frames:2} {label:16} {name:10} {pairs:5} {best["original"]:9.2f} '
+                      f'{median["original"]:9.2f} {best[name]:11.2f} {median[name]:10.2f} '
+                      f'{best["original"] / best[name]:6.2f} {median["original"] / median[name]:6.2f} {keep:5.2f} '
+                      f'{flops / best[name] / peak:7.1%}', flush=True)
+        torch.set_num_threads(args.threads)
+    print('seconds per clip; x: original / vsrkit (same run). of GEMM: vsrkit\'s useful FLOP rate (its keep '
+          'ratio; first frame of each branch unmasked) / the fp32 GEMM rate above (the rate at threads = cores).')
+
+
+def bf16_psnr(model: MIAVSR, device: torch.device) -> None:
+    """PSNR of the bf16-autocast output against the fp32 output on real frames (mask disabled and own mask)."""
+    lqs = photo_clip(3, 64, 64).to(device)
+    for use_mask in (False, True):
+        model.use_mask, model.forced_keep_ratio = use_mask, None
+        with torch.no_grad():
+            reference = model(lqs)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                out = model(lqs).float()
+        print(f'{device.type}: bf16 autocast vs fp32 output, astronaut crops 1x3x3x64x64, mask '
+              f'{"on" if use_mask else "disabled"}: PSNR {psnr(out, reference):.1f} dB')
+
+
 def configured(model: MIAVSR, use_mask: bool, forced: float | None) -> MIAVSR:
     model.use_mask, model.forced_keep_ratio = use_mask, forced
     return model
@@ -194,7 +362,15 @@ def main() -> None:
     parser.add_argument('--reps', type=int, default=1, help='timed runs per row (the best is reported)')
     parser.add_argument('--threads', type=int, default=os.cpu_count())
     parser.add_argument('--weights', default=None, help='optional MIA-VSR checkpoint (params or params_ema)')
-    parser.add_argument('--bf16', action='store_true', help='bf16 autocast rows on CPU too (always on CUDA)')
+    parser.add_argument('--bf16', action='store_true',
+                        help='bf16 autocast rows on CPU even without AMX / AVX512-BF16 (always on CUDA)')
+    parser.add_argument('--baseline', choices=('auto', 'off', 'only'), default='auto',
+                        help='rows against the original code (auto: whenever ../shared/reference/originals exists)')
+    parser.add_argument('--baseline-sizes', default='64x64:5:3,180x320:5:1', help='HxW:frames:pairs, comma separated')
+    parser.add_argument('--compare-chunks', default='',
+                        help='baseline: also time vsrkit with these WINDOW_CHUNK values (comma separated)')
+    parser.add_argument('--baseline-conditions', default='threads,loaded,single',
+                        help='threads (= --threads), loaded (a busy process beside it), single (1 thread)')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -204,7 +380,7 @@ def main() -> None:
         model.load_state_dict(state.get('params_ema', state.get('params', state)), strict=True)
     keeps = [float(k) for k in args.keep.split(',') if k]
     sizes = []
-    for item in args.sizes.split(','):
+    for item in ([] if args.sizes == 'none' or args.baseline == 'only' else args.sizes.split(',')):
         size, _, frames = item.partition(':')
         h, w = (int(v) for v in size.split('x'))
         sizes.append((h, w, int(frames or 3)))
@@ -217,11 +393,18 @@ def main() -> None:
               f'{"clip avg":>8} {"x off":>6} {"GFLOP/f":>8} {"GFLOP/s":>8} {"of GEMM":>7}')
     for device in devices:
         model.to(device)
-        bf16 = device.type == 'cuda' or args.bf16
+        supported, why = bf16_support(device)
+        bf16 = supported or args.bf16
         peaks = {dtype: gemm_flops_per_s(device, dtype) for dtype in (torch.float32, torch.bfloat16)[:1 + bf16]}
         print(f'\n{device.type}: ' + ', '.join(f'{str(dtype)[6:]} GEMM 2048^3 reaches {peak / 1e9:.1f} GFLOP/s'
-                                               for dtype, peak in peaks.items()))
-        print(header)
+                                               for dtype, peak in peaks.items())
+              + f'; bf16 rows {"on" if bf16 else "off"} ({why}{", forced by --bf16" if bf16 and not supported else ""})')
+        if bf16:
+            bf16_psnr(model, device)
+        if device.type == 'cpu' and args.baseline != 'off':
+            baseline(args, peaks[torch.float32])
+        if sizes:
+            print(header)
         for h, w, frames in sizes:
             lqs = real_clip(frames, h, w).to(device)
             modes = [('mask disabled', False, None, None), ('mask (own decisions)', True, None, None)]
@@ -246,12 +429,13 @@ def main() -> None:
                 print(f'{device.type:6} {h}x{w:<5} {frames:2} {name:20} {keep:5.2f} {steady:8.3f} '
                       f'{off[0] / steady:6.2f} {seconds / frames:8.3f} {off[1] / seconds:6.2f} {flops / 1e9:8.1f} '
                       f'{flops / steady / 1e9:8.1f} {flops / steady / peaks[dtype or torch.float32]:7.1%}')
-    print('\ns/frame: steady-state time of one more frame of a long clip; clip avg: T(t) / t. x off: '
-          'time of the mask-disabled fp32 row / this row (same run). GFLOP/f: useful FLOPs of a steady-state '
-          'frame at that keep ratio; of GEMM: GFLOP/s / the GEMM rate above of the row\'s dtype.\n'
-          'block rows: one shifted attention block (of 96) at that size, its seconds per call, x off against the '
-          'block with the mask disabled (same dtype), GFLOP of that call (keys/values for all windows with a kept '
-          'token; queries, attention, projection and MLP for kept tokens).')
+    if sizes:
+        print('\ns/frame: steady-state time of one more frame of a long clip; clip avg: T(t) / t. x off: '
+              'time of the mask-disabled fp32 row / this row (same run). GFLOP/f: useful FLOPs of a steady-state '
+              'frame at that keep ratio; of GEMM: GFLOP/s / the GEMM rate above of the row\'s dtype.\n'
+              'block rows: one shifted attention block (of 96) at that size, its seconds per call, x off against '
+              'the block with the mask disabled (same dtype), GFLOP of that call (keys/values for all windows with '
+              'a kept token; queries, attention, projection and MLP for kept tokens).')
 
 
 if __name__ == '__main__':
