@@ -18,6 +18,8 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 from vsrkit.archs.miavsr_arch import MIAVSR
 from vsrkit.evaluation.video_protocol import benchmark_main
 
+from analytic_nets import blend_chunks, to_uint8
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {'type': 'MIAVSR', 'mid_channels': 8, 'embed_dim': 8, 'depths': [1], 'num_heads': [1],
         'drop_path_rate': 0.0}
@@ -64,7 +66,7 @@ def test_reds4_end_to_end(tmp_path, checkpoint, short_clips, capsys):
     out = tmp_path / 'out'
     code = script('reds4').main(['--model', str(checkpoint), '--gt', str(short_clips / 'gt'), '--lq',
                                  str(short_clips / 'lq'), '--meta-info', str(short_clips / 'meta.txt'),
-                                 '--chunk', '3', '--chunk-overlap', '1', '--crop-border', '2', '--out-dir', str(out),
+                                 '--chunk', '3', '--chunk-overlap', '2', '--crop-border', '2', '--out-dir', str(out),
                                  '--save-images', '--no-progress'])
     printed = capsys.readouterr().out
     assert code == 0
@@ -84,6 +86,24 @@ def test_reds4_end_to_end(tmp_path, checkpoint, short_clips, capsys):
     assert [r['name'] for r in table] == ['000', '015', 'average']
     assert float(table[0]['ssim_rgb']) == pytest.approx(rows['000']['ssim_rgb'])
     assert f"{rows['015']['psnr_rgb']:.4f}" in printed  # the printed table holds the same numbers
+
+    # the saved frames are the network's output over chunks of 3 frames sharing 2 (starts 0, 1, 2), blended with
+    # ramps built independently, in the clip's order
+    net = MIAVSR(**{k: v for k, v in TINY.items() if k != 'type'}).eval()
+    net.load_state_dict(torch.load(checkpoint, weights_only=True)['params_ema'])
+
+    def network(clip: np.ndarray) -> np.ndarray:  # (t, h, w, 3) RGB -> (t, 4h, 4w, 3)
+        with torch.no_grad():
+            x = torch.from_numpy(clip).permute(0, 3, 1, 2)[None].float()
+            return net(x)[0].permute(0, 2, 3, 1).double().numpy()
+
+    for clip in rows:
+        lq = np.stack([cv2.imread(str(p))[..., ::-1] / 255.0 for p in sorted((short_clips / 'lq' / clip).glob('*.png'))])
+        expected = to_uint8(blend_chunks(network, lq, chunk=3, overlap=2))
+        saved = np.stack([cv2.imread(str(p))[..., ::-1] for p in sorted((out / 'images' / clip).glob('*.png'))])
+        assert saved.shape == expected.shape == (5, 128, 192, 3)
+        assert np.abs(saved.astype(int) - expected).max() <= 1 and (saved == expected).mean() > 0.99, clip
+        assert np.abs(expected[0].astype(int) - expected[4]).mean() > 2  # frames differ: their order is checked
 
 
 def test_vimeo90k_centre_frame_on_sample(tmp_path, checkpoint, sample_video, capsys):
@@ -121,6 +141,19 @@ def test_reds4_without_checkpoint_scores_bicubic_and_says_so(tmp_path, short_cli
     assert code == 0 and 'scoring bicubic upscaling only' in captured.err
     row = json.loads((tmp_path / 'o' / 'results.json').read_text())['clips'][0]
     assert 'psnr_rgb' not in row and row['bicubic_psnr_rgb'] > 20
+
+
+def test_checkpoints_load_strictly(tmp_path, checkpoint, short_clips, capsys):
+    """A checkpoint lacking one tensor (one that detection does not need) is reported, not filled in."""
+    saved = torch.load(checkpoint, weights_only=True)
+    del saved['params_ema']['conv_last.bias']
+    torch.save(saved, tmp_path / 'incomplete.pth')
+    code = script('reds4').main(['--model', str(tmp_path / 'incomplete.pth'), '--gt', str(short_clips / 'gt'),
+                                 '--lq', str(short_clips / 'lq'), '--meta-info', str(short_clips / 'meta.txt'),
+                                 '--out-dir', str(tmp_path / 'out'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert code == 1 and 'conv_last.bias' in err and 'Traceback' not in err
+    assert not (tmp_path / 'out' / 'results.json').exists()
 
 
 def test_bad_arguments_are_reported(tmp_path, checkpoint, short_clips, capsys):
