@@ -34,6 +34,7 @@ from vsrkit.losses import build_loss
 from vsrkit.archs.loader import load_state, read_state_dict
 from vsrkit.models.optim import build_optimizer, build_scheduler
 from vsrkit.utils.atomic import atomic_save
+from vsrkit.utils.checkpoint import save_safetensors
 from vsrkit.utils.precision import autocast_for, parse_dtype
 from vsrkit.utils.dist import all_gather_objects, choose_device, get_rank_world
 
@@ -41,6 +42,8 @@ logger = logging.getLogger('vsrkit')
 # Validation results go to basicsr's logger, in its format: basicsr's train.py writes its log file through it,
 # and vsrkit's loop routes it to its own handlers (engine.train_loop.setup_logging).
 validation_logger = logging.getLogger('basicsr')
+# logger.save_format: BasicSR's .pth (params, params_ema, network_g) or .safetensors (utils.checkpoint).
+SAVE_FORMATS = ('pth', 'safetensors')
 LATEST = -1  # basicsr's save(epoch=-1, current_iter=-1): the latest weights, no training state
 
 def unwrap(net: nn.Module) -> nn.Module:
@@ -62,6 +65,9 @@ class TrainableModel:
         self.is_train = bool(opt.get('is_train', False))
         self.rank, self.world_size = get_rank_world()
         self.device = torch.device(opt['device']) if 'device' in opt else choose_device(opt.get('num_gpu', 'auto'))
+        self.save_format = (opt.get('logger') or {}).get('save_format', 'pth')
+        if self.save_format not in SAVE_FORMATS:  # refused before training, not at the first save
+            raise ValueError(f'logger.save_format: expected one of {", ".join(SAVE_FORMATS)}, got {self.save_format!r}')
         self.net_g = build_network(opt['network_g'], where='network_g').to(self.device)
         n_params = sum(p.numel() for p in {id(p): p for p in self.net_g.parameters()}.values())
         logger.info(f"Network {opt['network_g']['type']}: {n_params:,} parameters")
@@ -267,9 +273,10 @@ class TrainableModel:
     # ---------------------------------------------------------------- checkpoints
     def network_files(self, current_iter: int | str) -> list[Path]:
         folder = Path(self.opt['path']['models'])
+        suffix = f'.{self.save_format}'
         if current_iter == LATEST:
-            return [folder / 'net_g_latest.pth']
-        return [folder / f'net_g_{current_iter}.pth', folder / 'net_g_latest.pth']
+            return [folder / f'net_g_latest{suffix}']
+        return [folder / f'net_g_{current_iter}{suffix}', folder / f'net_g_latest{suffix}']
 
     def save(self, epoch: int, current_iter: int, extra_state: dict | None = None) -> None:
         """Write net_g_<iter>.pth, net_g_latest.pth and training_states/<iter>.state (rank 0, atomically);
@@ -285,7 +292,10 @@ class TrainableModel:
             weights['params_ema'] = self.net_g_ema.state_dict()
         weights['network_g'] = dict(self.opt['network_g'])
         for path in self.network_files(current_iter):
-            atomic_save(weights, path)
+            if self.save_format == 'safetensors':  # one network (the EMA one when kept, as inference picks)
+                save_safetensors(weights.get('params_ema', weights['params']), path, weights['network_g'])
+            else:
+                atomic_save(weights, path)
         if current_iter == LATEST:
             return
         state = {'epoch': epoch, 'iter': current_iter, 'micro_step': self.micro_step,

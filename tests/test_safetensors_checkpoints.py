@@ -11,6 +11,7 @@ import vsrkit.archs  # noqa: F401
 from vsrkit.archs.elsr_arch import ELSR
 from vsrkit.archs.loader import load_model
 from vsrkit.archs.vit_arch import ViTSR
+from vsrkit.models.image_sr_model import ImageSRModel
 from vsrkit.utils.checkpoint import extract_state_dict, load_file, save_safetensors
 
 
@@ -73,3 +74,32 @@ def test_bad_files_are_named(tmp_path):
         load_file(broken)
     with pytest.raises(FileNotFoundError, match='missing.safetensors'):
         load_file(tmp_path / 'missing.safetensors')
+
+
+def training_options(tmp_path, **logger):
+    return {'is_train': True, 'device': 'cpu', 'scale': 2, 'logger': logger,
+            'path': {'models': str(tmp_path / 'models'), 'training_states': str(tmp_path / 'states')},
+            'network_g': {'type': 'ViTSR', 'embed_dim': 16, 'num_heads': 2, 'depth': 2, 'mlp_dim': 32,
+                          'dropout': 0.0},
+            'train': {'optim_g': {'type': 'SGD', 'lr': 0.1}, 'pixel_opt': {'type': 'MSELoss'}, 'ema_decay': 0.5}}
+
+
+def test_training_saves_net_g_as_safetensors_when_asked(tmp_path, photo):
+    model = ImageSRModel(training_options(tmp_path, save_format='safetensors'))
+    g = torch.Generator().manual_seed(0)
+    model.feed_data({'lq': torch.rand(2, 3, 6, 6, generator=g), 'gt': torch.rand(2, 3, 12, 12, generator=g)})
+    model.optimize_parameters(1)  # the EMA and the live weights now differ
+    model.save(0, 1)
+    assert sorted(p.name for p in (tmp_path / 'models').iterdir()) == ['net_g_1.safetensors',
+                                                                       'net_g_latest.safetensors']
+    loaded, info = load_model(tmp_path / 'models' / 'net_g_latest.safetensors')
+    assert info['source'] == 'network_g' and info['options']['dropout'] == 0.0
+    with torch.no_grad():
+        assert torch.equal(loaded(photo), model.net_g_ema(photo))  # the EMA weights, as inference picks
+        assert not torch.equal(loaded(photo), model.net_g(photo))
+    assert list((tmp_path / 'states').glob('*.state'))  # the training state stays a torch file
+
+
+def test_unknown_save_format_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="logger.save_format: expected one of pth, safetensors, got 'onnx'"):
+        ImageSRModel(training_options(tmp_path, save_format='onnx'))
