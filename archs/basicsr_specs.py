@@ -133,7 +133,9 @@ def _srvgg(s: StateDict) -> dict[str, Any]:
 
 
 register_spec(ArchSpec(
-    'SRVGGNetCompact', present=('body.0.weight', 'body.0.bias'), absent=('conv_first.weight',), infer=_srvgg,
+    # Convs at the even indices of body (activations between them): body.0 and body.2 are convs at any depth.
+    'SRVGGNetCompact', present=('body.0.weight', 'body.0.bias', 'body.2.weight'), absent=('conv_first.weight',),
+    infer=_srvgg,
     io=lambda o: single_frame_io(o['num_in_ch'], o['num_out_ch'], o['upscale']),
     notes='num_out_ch is taken equal to num_in_ch; without PReLU weights act_type is relu unless given'))
 
@@ -201,7 +203,7 @@ def _iconvsr(s: StateDict) -> dict[str, Any]:
 register_spec(ArchSpec(
     'BasicVSR', present=('backward_trunk.main.0.weight', 'forward_trunk.main.0.weight', 'fusion.weight',
                          'spynet.basic_module.0.basic_module.0.weight'),
-    absent=('edvr.conv_first.weight',), infer=_basicvsr,
+    infer=_basicvsr,
     io=lambda o: ModelIO('clip', 'rgb', 3, 3, 4, min_size=64)))
 register_spec(ArchSpec(
     'IconVSR', present=('edvr.conv_first.weight', 'backward_fusion.weight', 'backward_trunk.main.0.weight'),

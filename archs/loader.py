@@ -21,7 +21,8 @@ be recognised.
 A registered architecture without a spec works when named with ``arch`` / ``options``: it is taken as a
 single-frame network (:func:`default_io`, no test calls): its input / output channels from the options
 (``num_in_ch`` / ``in_chans`` / ``in_channels`` / ``in_nc`` and the ``out`` counterparts), else from the first and
-the last convolution the network registers; 3 channels are RGB, 1 grey; its scale from the options' ``scale`` /
+the last convolution the network registers (a last convolution with C·scale² outputs, C = 1 or 3, is taken to
+feed a PixelShuffle: C channels out); 3 channels are RGB, 1 grey; its scale from the options' ``scale`` /
 ``upscale`` / ``upscale_factor`` (constructor defaults included), else 1 (the network keeps the size).
 """
 from __future__ import annotations
@@ -239,7 +240,11 @@ def default_io(arch: str, options: dict[str, Any], net: nn.Module | None = None)
         if not convs:
             raise ValueError(f'{arch}: no {"/".join(keys)} option and no convolution to read its channels from; '
                              'give it a spec (vsrkit.archs.spec)')
-        return convs[0].in_channels if first else convs[-1].out_channels
+        if first:
+            return convs[0].in_channels
+        out = convs[-1].out_channels
+        # A last convolution giving C·scale² channels (C = 1 or 3) feeds a PixelShuffle: C channels come out.
+        return out // scale ** 2 if scale > 1 and out % scale ** 2 == 0 and out // scale ** 2 in (1, 3) else out
 
     scale = next((options[k] for k in _SCALE_KEYS if isinstance(options.get(k), int)), 1)
     return single_frame_io(channels(_IN_KEYS, True), channels(_OUT_KEYS, False), scale)

@@ -136,9 +136,10 @@ def test_registered_arch_without_spec_gets_the_single_frame_default(tmp_path):
     with pytest.raises(ValueError, match='unrecognised architecture'):
         load_model(tmp_path / 'specless.pth')
     loaded, info = load_model(tmp_path / 'specless.pth', arch='SpeclessTestNet', options={'width': 5, 'upscale': 3})
-    # Channels from the first / last convolution (none in the options), scale from the 'upscale' option.
-    assert info['io'] == ModelIO('frame', 'rgb', 3, 27, 3)
-    assert model_io('SpeclessTestNet', {}) == ModelIO('frame', 'rgb', 3, 12, 2)  # constructor defaults
+    # Channels from the first / last convolution (none in the options; 3·3² into the PixelShuffle: 3 out), scale
+    # from the 'upscale' option.
+    assert info['io'] == ModelIO('frame', 'rgb', 3, 3, 3)
+    assert model_io('SpeclessTestNet', {}) == ModelIO('frame', 'rgb', 3, 3, 2)  # constructor defaults
     # Options that name the channels win over the convolutions.
     assert model_io('RCAN', {'num_in_ch': 1, 'num_out_ch': 1, 'num_feat': 8, 'num_group': 1, 'num_block': 1,
                              'upscale': 2, 'rgb_mean': [0.5]}) == ModelIO('frame', 'grey', 1, 1, 2)
