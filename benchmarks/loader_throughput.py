@@ -72,8 +72,7 @@ def run_one(config: dict) -> float:
 
     import torch
 
-    import vsrkit.data  # noqa: F401  (registers vsrkit's datasets; basicsr shim first)
-    from basicsr.utils.registry import DATASET_REGISTRY
+    from vsrkit.data import build_dataset  # vsrkit's datasets and basicsr's, by name
 
     torch.set_num_threads(1)
     random.seed(0)
@@ -82,7 +81,7 @@ def run_one(config: dict) -> float:
            'meta_info_file': config['meta'], 'val_partition': 'REDS4', 'test_mode': False,
            'io_backend': {'type': backend}, 'num_frame': config['num_frame'], 'gt_size': config['gt_size'],
            'interval_list': [1], 'random_reverse': False, 'use_hflip': True, 'use_rot': True, 'scale': 4}
-    dataset = DATASET_REGISTRY.get(DATASETS[config['library']])(opt)
+    dataset = build_dataset({'type': DATASETS[config['library']], **opt})
     workers = config['workers']
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers,
                                          sampler=torch.utils.data.RandomSampler(
