@@ -126,6 +126,10 @@ class _Checker:
         self.check_metrics()
         self.check_scale()
         self.check_files()
+        keep = (opt.get('logger') or {}).get('keep_training_states')
+        if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
+            self.problems.append(f'logger.keep_training_states: {keep!r} is not a positive integer (the number of newest '
+                                 'training states to keep; leave it out to keep all)')
         return self.problems
 
     def check_datasets(self) -> None:

@@ -272,6 +272,10 @@ def test_vsrkit_loop_refuses_up_front(photo_pairs, tmp_path, capsys):
     assert "train.accumulate_grad_batches: basicsr's SRModel has no gradient accumulation" in message
     assert 'train.perceptual_opt: PerceptualLoss downloads VGG19 weights' in problems(
         'SRModel', perceptual_opt={'type': 'PerceptualLoss', 'layer_weights': {'conv5_4': 1}})
+    opt = image_options('x', photo_pairs, 'ImageSRModel', dict(TINY_VIT), VIT_TRAIN)
+    opt['logger']['keep_training_states'] = 0
+    with pytest.raises(OptionsError, match=r'logger.keep_training_states: 0 is not a positive integer'):
+        check_options(opt, sample_builder_for=lambda path: None)
     # a batch larger than the training set: refused before any process, folder or file exists
     opt = image_options('big', photo_pairs, 'ImageSRModel', dict(TINY_VIT), VIT_TRAIN)
     opt['datasets']['train'].update(batch_size_per_gpu=4, dataset_enlarge_ratio=1)
