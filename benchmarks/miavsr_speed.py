@@ -333,8 +333,9 @@ def baseline(args: argparse.Namespace, peak: float) -> None:
                       f'{best["original"] / best[name]:6.2f} {median["original"] / median[name]:6.2f} {keep:5.2f} '
                       f'{flops / best[name] / peak:7.1%}', flush=True)
         torch.set_num_threads(args.threads)
-    print('seconds per clip; x: original / vsrkit (same run). of GEMM: vsrkit\'s useful FLOP rate (its keep '
-          'ratio; first frame of each branch unmasked) / the fp32 GEMM rate above (the rate at threads = cores).')
+    print('seconds per clip; x: original / vsrkit (same run). of GEMM: vsrkit\'s useful FLOP rate (approximate: '
+          't steady-state frames at its keep ratio, each branch\'s first frame unmasked) / the fp32 GEMM rate '
+          'above (measured once, at --threads).')
 
 
 def bf16_psnr(model: MIAVSR, device: torch.device) -> None:
