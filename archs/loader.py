@@ -44,8 +44,8 @@ from vsrkit.utils.checkpoint import extract_state_dict, load_file
 from vsrkit.utils.registry import ARCH_REGISTRY
 from vsrkit.utils.signature import signature_problem
 
-__all__ = ['ModelIO', 'detect_architecture', 'check_state_dict_fits', 'load_state', 'read_state_dict',
-           'build_network', 'load_model', 'standard_checkpoint', 'model_io', 'default_io']
+__all__ = ['ModelIO', 'detect_architecture', 'check_state_dict_fits', 'load_state', 'read_state_dict', 'load_model',
+           'standard_checkpoint', 'model_io', 'default_io']
 
 _IN_KEYS = ('num_in_ch', 'in_chans', 'in_channels', 'in_nc')
 _OUT_KEYS = ('num_out_ch', 'out_chans', 'out_channels', 'out_nc')
@@ -142,8 +142,9 @@ def _arch_class(name: str) -> type[nn.Module]:
     raise KeyError(f"unknown architecture '{name}'; registered: {', '.join(sorted(ARCH_REGISTRY.keys()))}")
 
 
-def build_network(name: str, options: dict[str, Any]) -> nn.Module:
-    """``name(**options)`` from the registry; options that do not bind are one ValueError, not a TypeError."""
+def _build_network(name: str, options: dict[str, Any]) -> nn.Module:
+    """``name(**options)`` from the registry; options that do not bind are one ValueError, not a TypeError (the
+    options builder, :func:`vsrkit.archs.build_network`, leaves that to the constructor)."""
     cls = _arch_class(name)
     problem = signature_problem(cls, options)
     if problem:
@@ -194,7 +195,7 @@ def _load(path: str | Path, arch: str | None, options: dict[str, Any] | str | Pa
     state = spec.remapped(state) if spec is not None else state
     hint = f' (its keys look like {looks_like})' if looks_like not in (None, name) else ''
     try:
-        net = build_network(name, merged)
+        net = _build_network(name, merged)
         load_state(net, state, strict=True, source=f'{path}{hint}')
     except ValueError as err:
         raise ValueError(f'{path}: cannot load as {name}({merged}): {err}') from None
@@ -235,7 +236,7 @@ def default_io(arch: str, options: dict[str, Any], net: nn.Module | None = None)
         for key in keys:
             if isinstance(options.get(key), int):
                 return options[key]
-        built = net if net is not None else build_network(arch, options)
+        built = net if net is not None else _build_network(arch, options)
         convs = [m for m in built.modules() if isinstance(m, nn.modules.conv._ConvNd)]
         if not convs:
             raise ValueError(f'{arch}: no {"/".join(keys)} option and no convolution to read its channels from; '
