@@ -29,11 +29,11 @@ import basicsr.models  # noqa: F401
 import vsrkit.archs  # noqa: F401
 import vsrkit.losses  # noqa: F401
 import vsrkit.models  # noqa: F401
+from vsrkit.archs.loader import check_state_dict_fits, read_state_dict
 from vsrkit.data import sample_data
 from vsrkit.models.base import build_network
 from vsrkit.models.basicsr_driver import basicsr_model_problems
 from vsrkit.models.optim import optimizer_names, scheduler_names
-from vsrkit.utils.checkpoint import extract_state_dict, load_file
 from vsrkit.utils.signature import OptionsError, signature_problem
 from vsrkit.utils.registry import (ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY,
                                    unknown_name_message)
@@ -75,16 +75,6 @@ def _build_on_meta(network_opt: dict) -> torch.nn.Module:
             return build_network(network_opt)
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
         return build_network(network_opt)
-
-
-def state_dict_mismatches(expected: dict[str, tuple[int, ...]], given: dict[str, torch.Tensor]) -> list[str]:
-    """Every difference between a network's (key: shape) and a state dict: missing keys, unexpected keys, shapes."""
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    shapes = [f'{k} {tuple(given[k].shape)} (network: {expected[k]})' for k in expected
-              if k in given and tuple(given[k].shape) != expected[k]]
-    return ([f'missing {missing}'] if missing else []) + ([f'unexpected {unexpected}'] if unexpected else []) + \
-        ([f'shapes differ: {", ".join(shapes)}'] if shapes else [])
 
 
 class _Checker:
@@ -182,13 +172,12 @@ class _Checker:
         if any(p.startswith('network_g') for p in self.problems) or not isinstance(network, dict) \
                 or not paths.get('strict_load_g', True):
             return  # a network that cannot be built is reported already; a non-strict load skips what differs
-        try:
-            given = extract_state_dict(load_file(pretrain), paths.get('param_key_g'), source=str(pretrain))
+        try:  # read as the model will (the architecture's remap of an original's names applies)
+            given = read_state_dict(pretrain, network['type'], paths.get('param_key_g'))
         except (KeyError, ValueError) as err:
             self.problems.append(f'path.pretrain_network_g: {err.args[0] if err.args else err}')
             return
-        expected = {k: tuple(v.shape) for k, v in _build_on_meta(network).state_dict().items()}
-        mismatches = state_dict_mismatches(expected, given)
+        mismatches = check_state_dict_fits(_build_on_meta(network), given)
         if mismatches:
             self.problems.append(f"path.pretrain_network_g: {pretrain} does not fit network_g ({network['type']}, "
                                  f"strict_load_g: true): {'; '.join(mismatches)}")

@@ -12,6 +12,7 @@ import json
 import logging
 import logging.handlers
 import os
+import pickle
 import random
 import signal
 import sys
@@ -34,6 +35,7 @@ from vsrkit.utils.dist import DistInfo, any_rank, barrier, cleanup, init_distrib
 from vsrkit.engine.data_faults import DataFault, GuardedSamples, collate_or_fault, describe_error
 from vsrkit.engine.experiment import (ExperimentLock, archive_previous, check_not_in_use, has_previous_run,
                                       remove_interrupted_writes, resume_state)
+from vsrkit.archs.loader import check_state_dict_fits
 from vsrkit.engine.option_checks import check_options, check_training_set_fits
 from vsrkit.engine.options import dump_options, load_options
 from vsrkit.evaluation.tables import validation_table
@@ -324,7 +326,7 @@ class Trainer:
         model = build_model(opt, self.info.device)
         start_iter = 0
         if self.state_path is not None:
-            state = torch.load(self.state_path, map_location='cpu', weights_only=True)
+            state = self.read_state(model)
             model.resume_training(state)
             start_iter = int(state['iter'])
             logger.info(f'Resumed from {self.state_path} at iteration {start_iter}')
@@ -380,6 +382,23 @@ class Trainer:
             results = self.validate(model, current_iter) if self.val_sets else {}
             self.summarise(results, progress, current_iter)
             return 0
+
+    def read_state(self, model) -> dict:
+        """The training state to resume from, checked against the network before anything is restored."""
+        try:
+            state = torch.load(self.state_path, map_location='cpu', weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+            raise OptionsError(f'cannot read the training state {self.state_path}: {describe_error(err)}') from None
+        if not isinstance(state, dict) or 'iter' not in state:
+            raise OptionsError(f'{self.state_path} is not a training state (no iteration in it)')
+        params = state.get('params')  # vsrkit's models keep the weights in the state (basicsr's: beside it)
+        mismatches = []
+        if isinstance(params, dict) and hasattr(model, 'net_g'):
+            mismatches = check_state_dict_fits(unwrap(model.net_g), params)
+        if mismatches:
+            raise OptionsError(f"training state {self.state_path} does not fit network_g "
+                               f"({self.opt['network_g']['type']}): {'; '.join(mismatches)}")
+        return state
 
     @property
     def rank_prefix(self) -> str:

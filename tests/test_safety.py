@@ -166,6 +166,19 @@ def test_2_auto_resume_never_silently_starts_over(tmp_path, sample_images, capsy
     assert history(root) == [3, 4]  # continued from the archived state (the earlier lines stay in that folder)
 
 
+def test_2_a_state_of_another_network_is_one_line_and_touches_nothing(tmp_path, sample_images, capsys):
+    path = write(tmp_path, options(tmp_path, 'other'))
+    root = tmp_path / 'experiments' / 'other'
+    assert train_main(['-opt', str(path), '--force_yml', 'train:total_iter=2'], root=ROOT) == 0
+    before = tree(root)
+    capsys.readouterr()
+    assert train_main(['-opt', str(path), '--auto_resume', '--force_yml', 'network_g:num_feat=8'], root=ROOT) == 2
+    err = capsys.readouterr().err
+    assert (f"training state {root / 'training_states/2.state'} does not fit network_g (ELSR): "
+            'layer1.weight: [6, 3, 3, 3] in the checkpoint, [8, 3, 3, 3] in the network') in err
+    assert 'Traceback' not in err and tree(root) == before
+
+
 # ----------------------------------------------------------------------------- case 3: a typo under datasets/sample
 def test_3_a_typo_under_the_sample_folder_is_reported(tmp_path, sample_images):
     opt = options(tmp_path, 'typo')
@@ -273,8 +286,8 @@ def pretrain_problems(tmp_path: Path, pretrain: Path, **path_options) -> str:
 
 def test_4_a_pretrain_of_another_scale_lists_every_mismatch(tmp_path, sample_images):
     message = pretrain_problems(tmp_path, elsr_checkpoint(tmp_path, 'x4', scale=4))
-    assert ('does not fit network_g (ELSR, strict_load_g: true): shapes differ: layer5.weight (48, 6, 3, 3) '
-            '(network: (12, 6, 3, 3)), layer5.bias (48,) (network: (12,))') in message
+    assert ('does not fit network_g (ELSR, strict_load_g: true): layer5.weight: [48, 6, 3, 3] in the checkpoint, '
+            '[12, 6, 3, 3] in the network; layer5.bias: [48] in the checkpoint, [12] in the network') in message
     fits = elsr_checkpoint(tmp_path, 'x2')
     opt = options(tmp_path, 'pretrain')
     opt['path']['pretrain_network_g'] = str(fits)
@@ -286,11 +299,13 @@ def test_4_a_pretrain_of_another_scale_lists_every_mismatch(tmp_path, sample_ima
 def test_4_a_pretrain_of_another_architecture_lists_every_mismatch(tmp_path, sample_images):
     from vsrkit.models.base import build_network
     vdsr = tmp_path / 'vdsr.pth'
-    given = list(build_network({'type': 'VDSR', 'num_layers': 2, 'num_channels': 8}).state_dict())
-    torch.save({'params': build_network({'type': 'VDSR', 'num_layers': 2, 'num_channels': 8}).state_dict()}, vdsr)
+    given = build_network({'type': 'VDSR', 'num_layers': 2, 'num_channels': 8}).state_dict()
+    torch.save({'params': given}, vdsr)
     message = pretrain_problems(tmp_path, vdsr)
-    expected = list(build_network({'type': 'ELSR', 'scale': 2, 'num_feat': 6}).state_dict())
-    assert f'missing {expected}; unexpected {given}' in message  # every key of both, in one list
+    expected = build_network({'type': 'ELSR', 'scale': 2, 'num_feat': 6}).state_dict()
+    listed = [f'missing {k} {list(v.shape)}' for k, v in expected.items()] + \
+        [f'unexpected {k} {list(v.shape)}' for k, v in given.items()]
+    assert '; '.join(listed) in message  # every key of both, in one list
 
 
 def test_4_a_pretrain_path_that_does_not_exist_is_reported_up_front(tmp_path, sample_images, capsys):
