@@ -77,7 +77,7 @@ def basicsr_model_problems(opt: dict) -> list[str]:
             if key not in DRIVEN[name]:
                 problems.append(f"train.{key}: basicsr's {name} does not read it (it reads "
                                 f"{', '.join(DRIVEN[name])}); vsrkit's ImageSRModel applies every <name>_opt")
-            elif value.get('type') in DOWNLOADING_LOSSES:
+            elif isinstance(value, dict) and value.get('type') in DOWNLOADING_LOSSES:
                 problems.append(f"train.{key}: {value['type']} downloads {DOWNLOADING_LOSSES[value['type']]} at run "
                                 'time; vsrkit runs nothing that downloads')
     return problems
