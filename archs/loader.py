@@ -53,6 +53,12 @@ _SCALE_KEYS = ('scale', 'upscale', 'upscale_factor')
 
 
 # -------------------------------------------------------------------------------------------------- detect
+def _canonical(name: str) -> str:
+    """The spec name of a registry name: basicsr registers a few classes with a suffix
+    (``SRVGGNetCompact_basicsr``) that options may spell either way."""
+    return name.removesuffix('_basicsr')
+
+
 def _unrecognised(source: str, state: StateDict) -> str:
     sample = ', '.join(list(state)[:6])
     return (f'{source}: unrecognised architecture (keys start {sample}, ...); recognised from their keys: '
@@ -93,8 +99,8 @@ def detect_architecture(state_dict_or_checkpoint: Any, source: str = 'checkpoint
     detected = _detect(state, source)
     network_g = _network_g(checkpoint)
     if network_g is not None:
-        base = detected[1] if detected and detected[0] == network_g['type'] else {}
-        return network_g['type'], {**base, **{k: v for k, v in network_g.items() if k != 'type'}}
+        base = detected[1] if detected and detected[0] == _canonical(network_g['type']) else {}
+        return _canonical(network_g['type']), {**base, **{k: v for k, v in network_g.items() if k != 'type'}}
     if detected is None:
         raise ValueError(_unrecognised(source, state))
     return detected
@@ -129,7 +135,7 @@ def read_state_dict(path: str | Path, arch: str | None = None, param_key: str | 
     """The weights in checkpoint ``path`` (``param_key`` or the usual wrappers), renamed by ``arch``'s spec's
     ``remap`` when it has one (an original checkpoint's names -> vsrkit's)."""
     state = extract_state_dict(load_file(path), param_key, source=str(path))
-    spec = ARCH_SPECS.get(arch) if arch else None
+    spec = ARCH_SPECS.get(_canonical(arch)) if arch else None
     return spec.remapped(state) if spec is not None else state
 
 
@@ -165,7 +171,7 @@ def _resolve(checkpoint: Any, source: str, arch: str | None,
              options: dict[str, Any] | str | Path | None) -> tuple[str, dict[str, Any], str, str | None]:
     """(name, options, where the name came from, what the keys look like) for ``checkpoint``."""
     explicit = _explicit_options(options)
-    name = arch or explicit.get('type')
+    name = _canonical(arch or explicit.get('type') or '') or None
     try:
         detected_name, detected = detect_architecture(checkpoint, source=source)
     except ValueError:
@@ -191,7 +197,7 @@ def _load(path: str | Path, arch: str | None, options: dict[str, Any] | str | Pa
             raise
         return found[0], state, found[1]
     state = extract_state_dict(checkpoint, source=str(path))
-    spec = ARCH_SPECS.get(name)
+    spec = ARCH_SPECS.get(_canonical(name))
     state = spec.remapped(state) if spec is not None else state
     hint = f' (its keys look like {looks_like})' if looks_like not in (None, name) else ''
     try:
@@ -255,5 +261,5 @@ def model_io(arch: str, options: dict[str, Any], net: nn.Module | None = None) -
     """The :class:`ModelIO` of a registered architecture built with ``options`` (unset options: the
     constructor's defaults): its spec's, else :func:`default_io`."""
     full = {**_defaults(_arch_class(arch)), **options}
-    spec = ARCH_SPECS.get(arch)
+    spec = ARCH_SPECS.get(_canonical(arch))
     return spec.io(full) if spec is not None else default_io(arch, full, net)

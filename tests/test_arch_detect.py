@@ -221,3 +221,15 @@ def test_published_key_lists_load_strictly(reference_keys, tmp_path, keys, arch)
     torch.save({'params': state}, tmp_path / 'zeros.pth')
     net, info = load_model(tmp_path / 'zeros.pth')  # strict load of every published key and shape
     assert type(net).__name__ == info['arch'] == arch
+
+
+def test_basicsr_suffixed_registry_name_is_the_same_architecture(tmp_path):
+    """basicsr registers SRVGGNetCompact as SRVGGNetCompact_basicsr; options may name either."""
+    from basicsr.archs.srvgg_arch import SRVGGNetCompact
+    net = SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2)
+    torch.save({'params': net.state_dict(), 'network_g': {'type': 'SRVGGNetCompact_basicsr', 'num_feat': 8}},
+               tmp_path / 'compact.pth')
+    loaded, info = load_model(tmp_path / 'compact.pth')
+    assert info['options'] == {'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_conv': 2, 'upscale': 2,
+                               'act_type': 'prelu'}  # the shapes complete what network_g left out
+    assert info['io'] == ModelIO('frame', 'rgb', 3, 3, 2) and type(loaded) is SRVGGNetCompact
