@@ -51,6 +51,10 @@ def test_shipped_options_are_valid(tmp_path):
     (lambda o: o.pop('network_g'), 'network_g: missing'),
     (lambda o: o['datasets'].pop('train'), 'datasets.train: missing'),
     (lambda o: o['datasets']['train'].update(batch_size_per_gpu=0), 'datasets.train.batch_size_per_gpu: 0 is not a positive integer'),
+    (lambda o: o['datasets']['train'].pop('gt_size'), 'datasets.train.gt_size: missing; expected a value (PairedPatchDataset needs it)'),
+    (lambda o: o['datasets']['train'].update(type='PairedImageDataset', io_backend=None), 'datasets.train.io_backend: missing; expected a value (PairedImageDataset needs it)'),
+    (lambda o: o['path'].update(resume_state='/nonexistent/4.state'), 'path.resume_state: /nonexistent/4.state does not exist'),
+    (lambda o: o['path'].update(pretrain_network_g='/nonexistent/net_g.pth'), 'path.pretrain_network_g: /nonexistent/net_g.pth does not exist'),
 ])
 def test_each_problem_is_reported_with_its_key_path(tmp_path, mutate, expected):
     message = problems_for(tmp_path, mutate)
