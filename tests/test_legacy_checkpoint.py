@@ -99,3 +99,30 @@ def test_script_writes_atomically_and_refuses_overwrite(tmp_path, reference_chec
     assert not marker.exists() and not (tmp_path / 'evil_out.pth').exists()
     with pytest.raises(FileNotFoundError, match='missing.pth'):
         load_legacy_checkpoint(tmp_path / 'missing.pth')
+
+
+def test_script_converts_any_recognised_checkpoint_with_its_remap(tmp_path, capsys):
+    """An ESRGAN-original-named RRDBNet becomes basicsr's names + network_g; a misfit is refused, nothing written."""
+    from basicsr.archs.rrdbnet_arch import RRDBNet
+    main = _script_main()
+    torch.manual_seed(0)
+    ours = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow_ch=4).state_dict()
+    renames = {'conv_body.': 'trunk_conv.', 'conv_up1.': 'upconv1.', 'conv_up2.': 'upconv2.', 'conv_hr.': 'HRconv.'}
+    original = {}
+    for key, value in ours.items():
+        if key.startswith('body.0.rdb'):
+            key = 'RRDB_trunk.0.RDB' + key[len('body.0.rdb'):]
+        for new, old in renames.items():
+            key = old + key[len(new):] if key.startswith(new) else key
+        original[key] = value
+    torch.save(original, tmp_path / 'RRDB_ESRGAN.pth')
+    dst = tmp_path / 'rrdb.pth'
+    assert main([str(tmp_path / 'RRDB_ESRGAN.pth'), str(dst)]) == 0
+    saved = torch.load(dst, weights_only=True)
+    assert saved['network_g'] == {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'scale': 4, 'num_feat': 8,
+                                  'num_block': 1, 'num_grow_ch': 4}
+    assert sorted(saved['params']) == sorted(ours) and all(torch.equal(saved['params'][k], v) for k, v in ours.items())
+    assert main([str(tmp_path / 'RRDB_ESRGAN.pth'), str(tmp_path / 'as_vdsr.pth'), '--arch', 'VDSR']) == 1
+    err = capsys.readouterr().err
+    assert 'cannot load as VDSR' in err and 'missing input.weight' in err and err.count('\n') == 1
+    assert not (tmp_path / 'as_vdsr.pth').exists()
