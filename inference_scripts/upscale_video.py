@@ -5,6 +5,7 @@ Usage:
     vsrkit-upscale INPUT OUTPUT --model CKPT [--opt YML | --arch NAME] [--scale S] [--tile N --tile-overlap N]
                    [--chunk N --chunk-overlap N] [--batch N] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
                    [--crf N] [--preset NAME] [--fps F] [--window-padding MODE] [--no-audio] [--no-subtitles]
+                   [--backend torch|onnxruntime]
 
 INPUT: a video file (mp4, mkv, avi, mov, ...) or a folder of frames (png/jpg/bmp/tif, sorted by name, 8- or
 16-bit, RGB or RGBA; ``--fps``, default 25, sets their timing). OUTPUT: a video file (.mp4, also .mkv/.mov:
@@ -25,7 +26,8 @@ recurrent networks overlapping chunks of ``--chunk`` frames sharing ``--chunk-ov
 Tiling: by default chosen from the architecture's cost class and announced in one line (global attention, e.g.
 the demo's ViTSR: tiles near its training patch; convolutional networks: whole frames up to about 2 MP);
 ``--tile N`` sets N-pixel tiles, ``--tile 0`` forces whole frames. ``--dtype bf16/fp16`` runs the network under
-autocast where its spec tolerates it (fp16: CUDA only).
+autocast where its spec tolerates it (fp16: CUDA only). ``--backend onnxruntime`` (or an ``.onnx`` file from
+``scripts/export_onnx.py`` as ``--model``) runs single-frame networks in ONNX Runtime, fed the same way.
 
 Safety: the output is written under a temporary name in the output's folder and renamed only when complete; an
 error or Ctrl-C removes it. Errors (unreadable input, no frames, an unwritable output, bad options) print one
@@ -42,6 +44,7 @@ import torch
 
 from vsrkit.archs.loader import load_model
 from vsrkit.inference.frame_model import FrameModel, choose_tile
+from vsrkit.inference.onnx_backend import OnnxNetwork, export_onnx, load_onnx
 from vsrkit.inference.pipeline import upscale_video
 from vsrkit.inference.video_io import FrameSource, open_writer
 from vsrkit.utils.precision import DTYPE_CHOICES, parse_dtype
@@ -59,6 +62,25 @@ def _count(minimum: int):
     return parse
 
 
+def _network(args: argparse.Namespace, device: torch.device) -> tuple:
+    """(network, info) for --model / --arch / --opt / --backend."""
+    onnx_file = args.model.lower().endswith('.onnx')
+    backend = args.backend or ('onnxruntime' if onnx_file else 'torch')
+    if backend == 'torch':
+        if onnx_file:
+            raise ValueError(f'--model {args.model}: an ONNX file runs with --backend onnxruntime')
+        return load_model(args.model, args.arch, args.opt, device)
+    if device.type != 'cpu' or args.dtype != 'fp32':
+        raise ValueError('--backend onnxruntime runs fp32 on the CPU here (export with scripts/export_onnx.py --fp16 '
+                         'for a half-precision model); drop --device / --dtype')
+    if onnx_file:
+        if args.arch or args.opt:
+            raise ValueError('--arch / --opt: an ONNX file says how it is fed itself')
+        return load_onnx(args.model)
+    net, info = load_model(args.model, args.arch, args.opt, device)
+    return OnnxNetwork(export_onnx(net, info['io'], info['arch'])), {**info, 'source': info['source'] + ', onnx'}
+
+
 def _log(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -67,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='vsrkit-upscale', description=__doc__.splitlines()[1])
     parser.add_argument('input', help='video file or folder of frames')
     parser.add_argument('output', help='video file (.mp4/.mkv/.mov) or folder for PNG frames')
-    parser.add_argument('--model', required=True, help='checkpoint (.pth/.pt/.ckpt/.safetensors)')
+    parser.add_argument('--model', required=True, help='checkpoint (.pth/.pt/.ckpt/.safetensors) or .onnx')
+    parser.add_argument('--backend', choices=('torch', 'onnxruntime'),
+                        help='torch (default) or onnxruntime (CPU; a checkpoint is exported and verified first; '
+                             'an .onnx --model always runs in onnxruntime)')
     source_group = parser.add_mutually_exclusive_group()
     source_group.add_argument('--opt', help='options YAML whose network_g builds the model (overrides detection)')
     source_group.add_argument('--arch', help='registered architecture name (overrides detection)')
@@ -105,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.crf <= 51:
             raise ValueError(f'--crf must be in 0..51, got {args.crf}')
         source = FrameSource(args.input, args.fps)
-        net, info = load_model(args.model, args.arch, args.opt, device)
+        net, info = _network(args, device)
         io = info['io']
         if dtype is not None and args.dtype not in io.dtypes:
             raise ValueError(f"--dtype {args.dtype}: {info['arch']} is not run in {args.dtype} (its spec allows "
