@@ -2,8 +2,9 @@
 and tile / chunk blends written independently of ``vsrkit.utils.tiling``.
 
 Video-pipeline tests compare what a command writes with these references. Every network here depends visibly on
-its input, on where a pixel is and (the ConvLSTM) on the frames before it, so a wrong frame order, chunk blend,
-tile blend, colour path or interpolation step changes the expected output by many grey levels, not by one.
+its input (the ConvLSTM also on the frames before it; the ELSR's zero-padded borders make a tile's edges wrong), so
+a wrong frame order, chunk blend, tile blend, colour path or interpolation step changes the expected output by tens
+of grey levels, not by one.
 """
 from __future__ import annotations
 
