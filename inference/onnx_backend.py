@@ -1,8 +1,8 @@
 """ONNX: export a single-frame network with dynamic batch, height and width, verified in ONNX Runtime before it is
 kept, and run an exported file as the upscaler's network.
 
-:func:`export_onnx` traces the network (torch's TorchScript-based exporter, which handles dynamic axes of
-convolutional networks), runs the result in ONNX Runtime on a real photo at a size other than the traced one
+:func:`export_onnx` traces the network (torch's TorchScript-based exporter first; torch.export's when the
+tracer's graph fails), runs the result in ONNX Runtime on a real photo at a size other than the traced one
 (batch 2) and compares it with torch: max abs diff ≤ :data:`FP32_BOUND` in fp32, ≤ :data:`FP16_BOUND` for an
 fp16 export (weights and activations in half precision: about three decimal digits on outputs in [0, 1]). A
 network that does not trace, or whose export disagrees, raises :class:`ExportError` (one line) and nothing is
@@ -28,6 +28,7 @@ import onnxruntime as ort
 import torch
 from skimage import data
 from torch import nn
+from torch.export import Dim
 
 from vsrkit.archs.spec import ModelIO
 from vsrkit.utils.atomic import atomic_write
@@ -65,34 +66,54 @@ def export_onnx(net: nn.Module, io: ModelIO, arch: str, opset: int = DEFAULT_OPS
         raise ExportError(f'{arch} is fed {io.describe()}: only single-frame networks are exported (the window or '
                           'recurrent state of this one has no verified ONNX form)')
     dtype = torch.float16 if fp16 else torch.float32
-    module = net.to(dtype).eval()
     x = _probe(io, 1, TRACE_SIZE, TRACE_SIZE).to(dtype)
-    axes = {0: 'batch', 2: 'height', 3: 'width'}
-    buffer = bytes_io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # tracer warnings about shape arithmetic; the check below decides
-            torch.onnx.export(module, (x,), buffer, input_names=['input'], output_names=['output'],
-                              opset_version=opset, dynamic_axes={'input': axes, 'output': axes}, dynamo=False)
-    except Exception as err:  # noqa: BLE001  (any tracing failure is the one-line refusal)
-        raise ExportError(f'{arch} does not trace to ONNX: {" ".join(str(err).split())[:300]}') from None
-    model = onnx.load_from_string(buffer.getvalue())
-    for key, value in (('vsrkit.arch', arch), ('vsrkit.io', json.dumps(asdict(io)))):
-        model.metadata_props.add(key=key, value=value)
-    blob = model.SerializeToString()
     check = _probe(io, 2, TRACE_SIZE + 2 * io.multiple * max(1, 8 // io.multiple), TRACE_SIZE + io.multiple * 4)
-    try:
-        got = _session(blob).run(None, {'input': check.to(dtype).numpy()})[0].astype(np.float32)
-    except Exception as err:  # noqa: BLE001  (ONNX Runtime rejects the graph: the same refusal)
-        raise ExportError(f'{arch}: ONNX Runtime cannot run the export: {" ".join(str(err).split())[:300]}') from None
     with torch.no_grad():
         want = net.float()(check).numpy()
-    bound = FP16_BOUND if fp16 else FP32_BOUND
-    diff = float(np.abs(got - want).max()) if got.shape == want.shape else float('inf')
-    if not diff <= bound:
-        raise ExportError(f'{arch}: the ONNX export differs from torch by {diff:.3g} (shape {got.shape} vs '
-                          f'{want.shape}; bound {bound:g}): not written')
-    return blob
+    failures = []
+    for exporter in (_trace_export, _dynamo_export):  # the TorchScript tracer first: faster, plainer graphs
+        try:
+            model = exporter(net.to(dtype).eval(), x, opset)
+        except Exception as err:  # noqa: BLE001  (a tracing failure: the next exporter, else the refusal)
+            failures.append(f'{exporter.__doc__}: {" ".join(str(err).split())[:200]}')
+            continue
+        for key, value in (('vsrkit.arch', arch), ('vsrkit.io', json.dumps(asdict(io)))):
+            model.metadata_props.add(key=key, value=value)
+        blob = model.SerializeToString()
+        try:
+            got = _session(blob).run(None, {'input': check.to(dtype).numpy()})[0].astype(np.float32)
+        except Exception as err:  # noqa: BLE001  (ONNX Runtime rejects the graph: the next exporter)
+            failures.append(f'{exporter.__doc__}: ONNX Runtime cannot run it ({" ".join(str(err).split())[:200]})')
+            continue
+        bound = FP16_BOUND if fp16 else FP32_BOUND
+        diff = float(np.abs(got - want).max()) if got.shape == want.shape else float('inf')
+        if diff <= bound:
+            net.float()
+            return blob
+        failures.append(f'{exporter.__doc__}: differs from torch by {diff:.3g} (bound {bound:g})')
+    net.float()
+    raise ExportError(f'{arch}: no verified ONNX export, not written: ' + '; '.join(failures))
+
+
+def _trace_export(module: nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelProto:
+    """TorchScript tracer"""
+    axes = {0: 'batch', 2: 'height', 3: 'width'}
+    buffer = bytes_io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # tracer warnings about shape arithmetic; the check decides
+        torch.onnx.export(module, (x,), buffer, input_names=['input'], output_names=['output'], opset_version=opset,
+                          dynamic_axes={'input': axes, 'output': axes}, dynamo=False)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _dynamo_export(module: nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelProto:
+    """torch.export exporter"""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        program = torch.onnx.export(module, (x,), input_names=['input'], output_names=['output'],
+                                    opset_version=max(opset, 18), dynamo=True, verbose=False,
+                                    dynamic_shapes=({0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO},))
+    return program.model_proto
 
 
 def write_onnx(blob: bytes, path: str | Path) -> Path:
