@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import torch
+
 import pytest
 
 
@@ -52,3 +54,16 @@ def test_reimport_is_harmless_but_a_real_collision_is_reported():
         @register(ARCH_REGISTRY)
         class EDSR:  # noqa: F811 — a different class under basicsr's name
             pass
+
+
+def test_build_network_finds_basicsr_suffixed_names():
+    """basicsr registers SRVGGNetCompact as 'SRVGGNetCompact_basicsr'; YAMLs name it without the suffix, as
+    basicsr's own builder accepts."""
+    from basicsr.archs.srvgg_arch import SRVGGNetCompact
+
+    from vsrkit.archs import build_network
+
+    net = build_network({'type': 'SRVGGNetCompact', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_conv': 2,
+                         'upscale': 2})
+    assert type(net) is SRVGGNetCompact
+    assert net(torch.rand(1, 3, 5, 6)).shape == (1, 3, 10, 12)

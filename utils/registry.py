@@ -69,6 +69,8 @@ def lookup(registry: Registry, name: object, kind: str, where: str) -> Any:
     own ``Registry.get`` only says 'No object named ... found')."""
     if name is None:
         raise OptionsError(f'{where}: missing; expected the name of a registered {kind}')
-    if name not in registry:
+    # basicsr registers some classes under '<name>_basicsr' (e.g. SRVGGNetCompact); its own get() falls back to
+    # that suffix, so YAMLs written for basicsr name them without it
+    if name not in registry and f'{name}_basicsr' not in registry:
         raise OptionsError(unknown_name_message(where, kind, name, registry.keys()))
     return registry.get(name)
