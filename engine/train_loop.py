@@ -40,7 +40,7 @@ from vsrkit.engine.option_checks import check_options, check_training_set_fits
 from vsrkit.engine.options import dump_options, load_options
 from vsrkit.evaluation.tables import validation_table
 from vsrkit.models.base import unwrap
-from vsrkit.models.basicsr_driver import build_model
+from vsrkit.models.basicsr_driver import build_driven_model
 from vsrkit.utils.atomic import atomic_write_text
 from vsrkit.utils.signature import OptionsError
 
@@ -323,7 +323,7 @@ class Trainer:
     def run(self) -> int:
         opt = self.opt
         self.build_loaders()
-        model = build_model(opt, self.info.device)
+        model = build_driven_model(opt, self.info.device)
         start_iter = 0
         if self.state_path is not None:
             state = self.read_state(model)

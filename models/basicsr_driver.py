@@ -160,7 +160,7 @@ class BasicsrModelDriver:
         self.model.resume_training(state)
 
 
-def build_model(opt: dict, device: torch.device):
+def build_driven_model(opt: dict, device: torch.device):
     """The model ``opt['model_type']`` names: vsrkit's types as they are, basicsr's through the driver."""
     if is_basicsr_model(opt['model_type']):
         return BasicsrModelDriver(opt, device)
