@@ -26,7 +26,7 @@ from vsrkit.archs.vdsr_arch import VDSR
 from vsrkit.archs.loader import load_model
 from vsrkit.archs.vit_arch import ViTSR
 from vsrkit.evaluation.image_protocol import super_resolve
-from vsrkit.inference.frame_model import GLOBAL_TILE
+from vsrkit.inference.frame_model import GLOBAL_OVERLAP, GLOBAL_TILE
 from vsrkit.inference_scripts import upscale_video
 from vsrkit.utils.color import bicubic_downscale
 from vsrkit.inference_scripts.upscale_video import main
@@ -428,8 +428,8 @@ def test_global_attention_is_tiled_automatically_within_a_tenth_of_a_db(tmp_path
     capsys.readouterr()
     assert main([str(folder), str(tmp_path / 'auto'), '--model', str(ckpt), '--quiet']) == 0
     tiling = [line for line in capsys.readouterr().err.splitlines() if line.startswith('tiling:')]
-    assert tiling == [f'tiling: {GLOBAL_TILE}x{GLOBAL_TILE} tiles overlapping by 8 px (ViTSR attends globally: time '
-                      'grows with the square of the pixels per call; --tile 0 for whole frames)']
+    assert tiling == [f'tiling: {GLOBAL_TILE}x{GLOBAL_TILE} tiles overlapping by {GLOBAL_OVERLAP} px (ViTSR attends '
+                      'globally: time grows with the square of the pixels per call; --tile 0 for whole frames)']
     assert main([str(folder), str(tmp_path / 'whole'), '--model', str(ckpt), '--tile', '0', '--quiet']) == 0
     assert 'tiling: whole frames (--tile 0)' in capsys.readouterr().err
     auto, whole = read_pngs(tmp_path / 'auto'), read_pngs(tmp_path / 'whole')
