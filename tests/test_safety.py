@@ -7,6 +7,7 @@ first use) so that each run takes seconds; the lock and torchrun cases run real 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -318,45 +319,50 @@ def test_4_a_pretrain_path_that_does_not_exist_is_reported_up_front(tmp_path, sa
 
 
 # ---------------------------------------------------------------------------------------- case 5: --overwrite
-def run_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+def script(name: str):
+    """A command-line script of scripts/ as a module (its main runs in this process: no interpreter start)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_5_upscale_video_refuses_an_existing_output_before_any_work(tmp_path):
+def test_5_upscale_video_refuses_an_existing_output_before_any_work(tmp_path, capsys):
+    from vsrkit.inference_scripts.upscale_video import main as upscale
     output = tmp_path / 'out.mp4'
-    output.write_bytes(b'the user\'s video')
-    run = run_tool(str(ROOT / 'inference_scripts/upscale_video.py'), str(tmp_path / 'in.mp4'), str(output),
-                   '--model', str(tmp_path / 'no.pth'))
-    assert run.returncode == 1 and run.stderr.strip() == f'error: output {output} exists; pass --overwrite to replace it'
-    assert output.read_bytes() == b'the user\'s video'
-    with_flag = run_tool(str(ROOT / 'inference_scripts/upscale_video.py'), str(tmp_path / 'in.mp4'), str(output),
-                         '--model', str(tmp_path / 'no.pth'), '--overwrite')
-    assert with_flag.returncode == 1 and 'exists' not in with_flag.stderr  # it went on (to the missing input)
+    output.write_bytes(b"the user's video")
+    capsys.readouterr()
+    assert upscale([str(tmp_path / 'in.mp4'), str(output), '--model', str(tmp_path / 'no.pth')]) == 1
+    assert capsys.readouterr().err.strip() == f'error: output {output} exists; pass --overwrite to replace it'
+    assert output.read_bytes() == b"the user's video"
+    assert upscale([str(tmp_path / 'in.mp4'), str(output), '--model', str(tmp_path / 'no.pth'), '--overwrite']) == 1
+    assert 'exists;' not in capsys.readouterr().err  # it went on (to the missing input)
 
 
-def test_5_scripts_refuse_existing_outputs(tmp_path, sample_images):
+def test_5_scripts_refuse_existing_outputs(tmp_path, sample_images, sample_video, capsys):
     # create_lmdb: every output is checked before the first is written
     reds = tmp_path / 'REDS'
-    shutil.copytree(SAMPLE / 'video/REDS/train_sharp/000', reds / 'train_sharp/000')
-    shutil.copytree(SAMPLE / 'video/REDS/train_sharp_bicubic/X4/000', reds / 'train_sharp_bicubic/X4/000')
+    shutil.copytree(sample_video / 'REDS/train_sharp/000', reds / 'train_sharp/000')
+    shutil.copytree(sample_video / 'REDS/train_sharp_bicubic/X4/000', reds / 'train_sharp_bicubic/X4/000')
     (reds / 'train_sharp_bicubic_with_val.lmdb').mkdir()
-    run = run_tool(str(ROOT / 'scripts/create_lmdb.py'), '--dataset', 'reds', '--input', str(reds))
-    assert run.returncode == 1 and 'Traceback' not in run.stderr
-    assert f"{reds / 'train_sharp_bicubic_with_val.lmdb'} already exist(s); pass --overwrite" in run.stderr
+    capsys.readouterr()
+    assert script('create_lmdb').main(['--dataset', 'reds', '--input', str(reds)]) == 1
+    assert (f"error: {reds / 'train_sharp_bicubic_with_val.lmdb'} already exist(s); pass --overwrite"
+            in capsys.readouterr().err)
     assert not (reds / 'train_sharp_with_val.lmdb').exists()
     # make_bicubic_lr
     lr = tmp_path / 'LR'
     lr.mkdir()
-    run = run_tool(str(ROOT / 'scripts/make_bicubic_lr.py'), str(sample_images / 'val/HR'), str(lr), '--scale', '2')
-    assert run.returncode == 1 and f'{lr} exists; pass --overwrite' in run.stderr and not any(lr.iterdir())
-    run = run_tool(str(ROOT / 'scripts/make_bicubic_lr.py'), str(sample_images / 'val/HR'), str(lr), '--scale', '2',
-                   '--overwrite')
-    assert run.returncode == 0 and len(list(lr.glob('*.png'))) == 4
+    make_lr = script('make_bicubic_lr').main
+    assert make_lr([str(sample_images / 'val/HR'), str(lr), '--scale', '2']) == 1
+    assert f'{lr} exists; pass --overwrite' in capsys.readouterr().err and not any(lr.iterdir())
+    assert make_lr([str(sample_images / 'val/HR'), str(lr), '--scale', '2', '--overwrite']) == 0
+    assert len(list(lr.glob('*.png'))) == 4
     # convert_checkpoint
     src, dst = elsr_checkpoint(tmp_path, 'src'), tmp_path / 'dst.pth'
     dst.write_bytes(b'keep')
-    run = run_tool(str(ROOT / 'scripts/convert_checkpoint.py'), str(src), str(dst))
-    assert run.returncode == 1 and f'{dst} exists' in run.stderr and dst.read_bytes() == b'keep'
+    assert script('convert_checkpoint').main([str(src), str(dst)]) == 1
+    assert f'{dst} exists' in capsys.readouterr().err and dst.read_bytes() == b'keep'
 
 
 def test_5_benchmark_results_are_not_replaced(tmp_path, sample_video, capsys):
@@ -367,19 +373,21 @@ def test_5_benchmark_results_are_not_replaced(tmp_path, sample_video, capsys):
     (out / 'results.csv').write_text('earlier')
     capsys.readouterr()
     code = benchmark_main(REDS4, ['--out-dir', str(out), '--no-progress', '--gt',
-                                  str(SAMPLE / 'video/REDS/train_sharp'), '--lq',
-                                  str(SAMPLE / 'video/REDS/train_sharp_bicubic/X4'), '--meta-info',
-                                  str(SAMPLE / 'video/REDS/meta_info_REDS4_test_GT.txt')])
+                                  str(sample_video / 'REDS/train_sharp'), '--lq',
+                                  str(sample_video / 'REDS/train_sharp_bicubic/X4'), '--meta-info',
+                                  str(sample_video / 'REDS/meta_info_REDS4_test_GT.txt')])
     assert code == 1 and f"{out / 'results.csv'} exist(s); pass --overwrite" in capsys.readouterr().err
     assert (out / 'results.csv').read_text() == 'earlier'
 
 
-def test_5_spatiotemporal_refuses_before_loading_anything(tmp_path):
+def test_5_spatiotemporal_refuses_before_loading_anything(tmp_path, capsys):
+    from vsrkit.inference_scripts.spatiotemporal import main as fuse
     out = tmp_path / 'frames'
     out.mkdir()
-    run = run_tool(str(ROOT / 'inference_scripts/spatiotemporal.py'), str(tmp_path / 'in'), str(out), '--colorizer',
-                   str(tmp_path / 'c.pth'), '--interpolator', str(tmp_path / 'i.pth'))
-    assert run.returncode == 1 and run.stderr.strip() == f'error: {out} exists; pass --overwrite to replace it'
+    capsys.readouterr()
+    assert fuse([str(tmp_path / 'in'), str(out), '--colorizer', str(tmp_path / 'c.pth'), '--interpolator',
+                 str(tmp_path / 'i.pth')]) == 1
+    assert capsys.readouterr().err.strip() == f'error: {out} exists; pass --overwrite to replace it'
 
 
 # ------------------------------------------------------------------------------------------- case 7: the umask
