@@ -29,7 +29,7 @@ import av
 import cv2
 import numpy as np
 
-from vsrkit.data.lmdb_io import IMG_EXTENSIONS
+from vsrkit.data.image_decode import IMG_EXTENSIONS
 
 CONTAINER_FORMATS = {'.mp4': 'mp4', '.mkv': 'matroska', '.mov': 'mov'}
 COPIED_STREAMS = ('audio', 'subtitle')
