@@ -187,7 +187,7 @@ class StopRequest:
         self.signum = signum
         if self.announce:
             print(f'\n{signal.Signals(signum).name} received: saving a resumable state after this iteration '
-              '(send it again to stop at once)', flush=True)
+                  '(send it again to stop at once)', flush=True)
 
 
 class Progress:

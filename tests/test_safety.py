@@ -404,21 +404,27 @@ def test_7_checkpoints_honour_the_umask_as_torch_save_does(tmp_path, umask):
 
 
 # ---------------------------------------------------------------------------------- case 8: a stop through torchrun
-def test_8_sigterm_to_torchrun_ends_in_one_line_per_process_with_a_resumable_state(tmp_path, sample_images):
+@pytest.mark.parametrize('signum, to_group', [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=['SIGTERM to the launcher', 'Ctrl-C: SIGINT to every process'])
+def test_8_a_stop_through_torchrun_ends_in_one_line_per_process_with_a_resumable_state(tmp_path, sample_images, signum,
+                                                                                        to_group):
     opt = write(tmp_path, options(tmp_path, 'torchrun', total_iter=1_000_000))
     root = tmp_path / 'experiments' / 'torchrun'
     launcher = subprocess.Popen(['bash', str(ROOT / 'dist_train.sh'), '2', str(opt)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=PYTHON_ENV)
+                                stderr=subprocess.STDOUT, text=True, env=PYTHON_ENV, start_new_session=True)
     try:
         wait_for(lambda: (root / 'train_log.jsonl').is_file() and len(history(root)) >= 2, 300, launcher)
     finally:
-        launcher.send_signal(signal.SIGTERM)
+        if to_group:  # as a terminal's Ctrl-C: the launcher and the training processes, each directly
+            os.killpg(launcher.pid, signum)
+        else:
+            launcher.send_signal(signum)
         out, _ = launcher.communicate(timeout=180)
-    assert launcher.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert launcher.returncode == 128 + signum, out[-3000:]
     assert 'Traceback' not in out and 'SignalException' not in out, out[-3000:]
     stopped = [line for line in out.splitlines() if 'Stopped at iteration' in line]
     assert sorted(line.split('rank ')[1][0] for line in stopped) == ['0', '1'], out[-3000:]
-    assert out.strip().splitlines()[-1].startswith('torchrun: SIGTERM received and passed to the training processes')
+    assert out.strip().splitlines()[-1].startswith(f'torchrun: {signal.Signals(signum).name} received and passed')
     last = history(root)[-1]
     assert f'Stopped at iteration {last};' in stopped[0]
     state = torch.load(root / 'training_states' / f'{last}.state', weights_only=True)
