@@ -17,7 +17,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON=${PYTHON:-python3}
 NNODES=${NNODES:-1}
 
-"$PYTHON" "$ROOT/train.py" -opt "$OPT" --check-only "$@"
+# WORLD_SIZE: the check sees the process count torchrun will start, so a batch larger than a process's share of
+# the training set is refused here, before any process starts
+WORLD_SIZE=$((NPROC * NNODES)) "$PYTHON" "$ROOT/train.py" -opt "$OPT" --check-only "$@"
 
 if [ "$NNODES" = 1 ] && [ -z "${MASTER_ADDR:-}" ]; then
   RDZV=(--standalone)          # one machine: torchrun picks a free port itself

@@ -429,3 +429,25 @@ def test_8_a_stop_through_torchrun_ends_in_one_line_per_process_with_a_resumable
     assert f'Stopped at iteration {last};' in stopped[0]
     state = torch.load(root / 'training_states' / f'{last}.state', weights_only=True)
     assert state['iter'] == last and state['world_size'] == 2
+
+
+def test_dist_train_refuses_a_batch_larger_than_each_process_share(tmp_path, sample_images):
+    """dist_train.sh's up-front check counts the processes it will start: a batch that fits the whole training
+    set but not one process's half of it is refused before any process starts or any folder is made."""
+    from vsrkit.data import build_dataset
+
+    opt = options(tmp_path, 'share')
+    train = {**opt['datasets']['train'], 'phase': 'train', 'scale': 2,
+             **{k: str(ROOT / opt['datasets']['train'][k]) for k in ('dataroot_gt', 'dataroot_lq')}}
+    samples = len(build_dataset(train))
+    batch = (samples + 1) // 2 + 1  # one more than a process's share (the sampler pads shares to equal size)
+    assert batch <= samples
+    opt['datasets']['train']['batch_size_per_gpu'] = batch
+    path = write(tmp_path, opt)
+    run = subprocess.run(['bash', str(ROOT / 'dist_train.sh'), '2', str(path)], capture_output=True, text=True,
+                         env=PYTHON_ENV, timeout=240)
+    assert run.returncode == 2, run.stderr
+    assert 'batch_size_per_gpu' in run.stdout + run.stderr
+    assert 'Traceback' not in run.stderr
+    assert 'torchrun' not in run.stdout + run.stderr and 'distributed' not in run.stderr  # never started
+    assert not (tmp_path / 'experiments').exists()
