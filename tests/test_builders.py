@@ -111,7 +111,7 @@ def test_training_loop_builds_without_the_options_check_having_run(pairs, tmp_pa
         from vsrkit.engine import train_loop
         dataset = train_loop.build_dataset('val', {{'type': 'PairedPatchDataset', 'dataroot_gt': {str(pairs / 'HR')!r},
                                                    'dataroot_lq': {str(pairs / 'LR')!r}, 'scale': 2, 'phase': 'val'}})
-        model = train_loop.build_model({{'model_type': 'ImageSRModel', 'device': 'cpu', 'scale': 2,
+        model = train_loop.build_driven_model({{'model_type': 'ImageSRModel', 'device': 'cpu', 'scale': 2,
                                         'network_g': {{'type': 'ViTSR', 'embed_dim': 32, 'num_heads': 2, 'depth': 1}}}},
                                        torch.device('cpu'))
         print(type(dataset).__name__, len(dataset), type(model).__name__, type(model.net_g).__name__)
