@@ -202,10 +202,12 @@ class FolderWriter(Writer):
     keeps_alpha = True
     keeps_16bit = True
 
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Path, overwrite: bool = False) -> None:
         super().__init__(target)
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise ValueError(f'output {target} exists and is not an empty folder')
+        if target.exists() and not target.is_dir():
+            raise ValueError(f'output {target} exists and is not a folder')
+        if target.is_dir() and any(target.iterdir()) and not overwrite:
+            raise ValueError(f'output {target} exists and is not an empty folder; pass --overwrite to replace it')
         self.tmp = _temporary_name(target, '')
         self.tmp.mkdir()
         self.count = 0
@@ -218,8 +220,17 @@ class FolderWriter(Writer):
         self.count += 1
 
     def close(self) -> None:
-        if self.target.is_dir():
-            self.target.rmdir()  # empty (checked above): os.replace needs it gone
+        pass
+
+    def commit(self) -> None:
+        # the old folder (empty, or replaced on --overwrite) stays whole until the new one is complete: moved aside,
+        # the new one renamed into place, then the old one removed
+        aside = _temporary_name(self.target, '.old') if self.target.is_dir() else None
+        if aside is not None:
+            os.replace(self.target, aside)
+        super().commit()
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 class VideoWriter(Writer):
@@ -333,9 +344,10 @@ class VideoWriter(Writer):
 
 
 def open_writer(output: str | Path, source: FrameSource, crf: int = 18, preset: str = 'medium',
-                audio: bool = True, subtitles: bool = True, log: Log = print) -> Writer:
+                audio: bool = True, subtitles: bool = True, log: Log = print, overwrite: bool = False) -> Writer:
     """A writer for ``output``: a video file (by suffix) or a folder of PNG frames (no suffix / a folder).
-    ``audio`` / ``subtitles``: copy those streams of the input. ``log`` gets the one-line notes (streams the
+    ``audio`` / ``subtitles``: copy those streams of the input; ``overwrite``: replace an existing folder of frames
+    (a video file is replaced by the final rename). ``log`` gets the one-line notes (streams the
     container cannot hold)."""
     target = Path(output)
     parent = target.parent
@@ -354,4 +366,4 @@ def open_writer(output: str | Path, source: FrameSource, crf: int = 18, preset: 
     if suffix and not target.is_dir():
         raise ValueError(f'output {target}: unsupported suffix {suffix!r}; use {", ".join(CONTAINER_FORMATS)} '
                          'or a folder (no suffix) for PNG frames')
-    return FolderWriter(target)
+    return FolderWriter(target, overwrite)

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         tiles = choose_tile(io, *model.input_size(source.height, source.width), args.tile, args.tile_overlap,
                             info['arch'])
         writer = open_writer(args.output, source, args.crf, args.preset, audio=not args.no_audio,
-                             subtitles=not args.no_subtitles, log=_log)
+                             subtitles=not args.no_subtitles, log=_log, overwrite=args.overwrite)
         _log(f"{info['arch']} ({io.describe()}; from {info['source']}) x{model.scale}: {args.input} -> "
              f'{args.output}')
         _log(tiles.describe())

@@ -1,5 +1,6 @@
 """TrainableModel's mechanics at the model level: accumulation, EMA (tied weights too), AMP, clipping."""
 import copy
+import logging
 
 import pytest
 import torch
@@ -128,8 +129,15 @@ def test_validation_logged_in_basicsrs_format_with_best(caplog, tmp_path):
     model = ImageSRModel(options())
     model.opt['val'] = {'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0},
                                     'niqe_like': {'type': 'calculate_psnr', 'crop_border': 0, 'better': 'lower'}}}
-    for value, iteration in ((20.0, 4), (19.0, 8), (21.0, 12)):
-        with caplog.at_level('INFO', logger='basicsr'):
-            model.log_validation('val', {'psnr': value, 'niqe_like': value}, iteration, None)
+    # caplog's handler on basicsr's logger itself: an earlier test may have set up basicsr's logger, which stops
+    # propagation to the root logger that caplog listens on
+    logger = logging.getLogger('basicsr')
+    logger.addHandler(caplog.handler)
+    try:
+        for value, iteration in ((20.0, 4), (19.0, 8), (21.0, 12)):
+            with caplog.at_level('INFO', logger='basicsr'):
+                model.log_validation('val', {'psnr': value, 'niqe_like': value}, iteration, None)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert caplog.messages[-1] == ('Validation val\n\t # psnr: 21.0000\tBest: 21.0000 @ 12 iter\n'
                                    '\t # niqe_like: 21.0000\tBest: 19.0000 @ 8 iter\n')

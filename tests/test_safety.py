@@ -72,8 +72,10 @@ def history(root: Path) -> list[int]:
 
 
 def tree(folder: Path) -> dict[str, int]:
-    """Every file under ``folder`` with its inode: renaming or replacing anything changes this."""
-    return {p.relative_to(folder).as_posix(): p.stat().st_ino for p in sorted(folder.rglob('*')) if p.is_file()}
+    """Every file under ``folder`` with its inode: renaming or replacing anything changes this. A live run's
+    atomic writes in progress (``*.tmp``, renamed into place when complete) are not the user's files yet."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_ino for p in sorted(folder.rglob('*'))
+            if p.is_file() and p.suffix != '.tmp'}
 
 
 def wait_for(predicate, seconds: float, proc: subprocess.Popen | None = None) -> None:

@@ -134,6 +134,18 @@ def test_png_output_equals_the_network_frame_by_frame(work, tmp_path):
     assert np.abs(expected[0].astype(int) - expected[5]).mean() > 5  # frames differ: their order is checked
 
 
+def test_a_folder_of_frames_is_replaced_only_with_overwrite(work, tmp_path):
+    out = tmp_path / 'frames'
+    out.mkdir()
+    (out / 'mine.txt').write_text('keep me')
+    args = [str(work['clip']), str(out), '--model', str(work['elsr_ckpt']), '--quiet']
+    assert main(args) == 1
+    assert [p.name for p in out.iterdir()] == ['mine.txt']
+    assert main(args + ['--overwrite']) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f'{i:08d}.png' for i in range(6)]
+    assert [p.name for p in tmp_path.iterdir()] == ['frames']  # nothing left aside
+
+
 def test_video_keeps_frames_timestamps_and_audio(work, tmp_path):
     out = tmp_path / 'out.mp4'
     assert main([str(work['vfr_audio']), str(out), '--model', str(work['elsr_ckpt']), '--quiet']) == 0
