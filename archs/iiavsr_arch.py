@@ -8,7 +8,7 @@ Bug of the original fixed here: (b) its propagation walks every branch backwards
 ``flow_idx = frame_idx``, so the forward branches warp with flows of the wrong direction (forward flows
 indexed for a backward walk), and the forward branches' outputs stay in reversed order, so backward_2 and the
 reconstruction pair features with the wrong frames. Here forward branches run forward in time with the
-forward flows of the right frame pair (test in tests/test_iiavsr_arch.py). MIA-VSR's fixes (a), (c), (d),
+forward flows of the right frame pair (test in tests/archs/test_iiavsr_arch.py). MIA-VSR's fixes (a), (c), (d),
 (e) apply too. (f) As published, the original's ``iia_sliding_arch.py`` has ``n, t, c, h, w = x.size()``
 commented out in ``SwinIRFM.forward``, so it raises NameError on every forward, CPU or GPU: no IIA-VSR result can
 have come from that file as released. Parity tests compare with a copy that un-comments it and restores

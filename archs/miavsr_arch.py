@@ -4,7 +4,7 @@ Zhou et al., arXiv 2401.06312; original code LabShuHangGU/MIA-VSR. Parameter and
 official checkpoints (strict=True load); the building blocks live in ``vsrkit.archs.mia_*``
 (window layout, mask, attention, block, network).
 
-Bugs of the original fixed here (each has a test in tests/test_miavsr_arch.py):
+Bugs of the original fixed here (each has a test in tests/archs/test_miavsr_arch.py):
 (a) gradient checkpointing is optional (``use_checkpoint``) and correct: the original always checkpoints and
     its block pops/appends a shared Python list of previous-frame states, so the recomputation in backward
     reads another block's state and the gradients differ from the non-checkpointed run. Here a block takes

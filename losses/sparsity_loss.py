@@ -3,7 +3,7 @@
 The original (LabShuHangGU/MIA-VSR, ``losses/sparsity_loss.py``) returns 1e-4 x the mean keep ratio over
 branches, frames and blocks and accepts a ``sparsity_target`` that it never uses. Here ``sparsity_target``
 works: when set, each block's keep ratio is penalised by its squared deviation from the target, so the loss
-no longer drives the masks towards keeping nothing (tests/test_sparsity_loss.py shows the option changes
+no longer drives the masks towards keeping nothing (tests/losses/test_sparsity_loss.py shows the option changes
 the loss).
 """
 from __future__ import annotations

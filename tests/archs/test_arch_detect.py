@@ -1,7 +1,7 @@
 """The generic loader (vsrkit.archs.loader): detection through params / params_ema / module. wrappers, network_g
 precedence and overrides, strict loading with one message listing every problem, the refusal of an unrecognised
 checkpoint, registered architectures without a spec, pretrain_network_g, checkpoints written by vsrkit's own
-training loop, and the published checkpoints. Per-architecture detection: tests/test_arch_specs.py."""
+training loop, and the published checkpoints. Per-architecture detection: tests/archs/test_arch_specs.py."""
 import pytest
 import torch
 import yaml

@@ -23,7 +23,7 @@ from vsrkit.data.lmdb_io import (LmdbImageReader, close_lmdb_envs, lmdb_env, mak
                                  verify_lmdb, write_lmdb)
 from vsrkit.data.sample_videos import build_video_sample
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_cli():

@@ -297,7 +297,8 @@ def test_prepare_sample_data_without_arguments(tmp_path, capsys):
 
     from vsrkit.data.sample_data import SAMPLE_BUILDERS
 
-    spec = importlib.util.spec_from_file_location('prepare', Path(__file__).parents[1] / 'scripts/prepare_sample_data.py')
+    script_path = Path(__file__).resolve().parents[2] / 'scripts' / 'prepare_sample_data.py'
+    spec = importlib.util.spec_from_file_location('prepare', script_path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     for kind in SAMPLE_BUILDERS:

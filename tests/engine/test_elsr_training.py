@@ -14,7 +14,7 @@ from vsrkit.utils.checkpoint import load_file
 from vsrkit.engine.options import load_options
 from vsrkit.engine.train_loop import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STAGES = ['elsr_x2_stage1', 'elsr_x4_stage2', 'elsr_x4_stage3']
 
 

@@ -15,7 +15,7 @@ from vsrkit.archs.loader import standard_checkpoint
 from vsrkit.archs.vdsr_arch import VDSR
 from vsrkit.utils.legacy_checkpoint import UnsafePickleError, load_legacy_checkpoint
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'convert_checkpoint.py'
+SCRIPT = Path(__file__).resolve().parents[2] / 'scripts' / 'convert_checkpoint.py'
 
 
 def _script_main():

@@ -19,7 +19,7 @@ from vsrkit.archs.vdsr_arch import VDSR
 from vsrkit.inference import onnx_backend
 from vsrkit.inference_scripts.upscale_video import main as upscale
 
-spec = importlib.util.spec_from_file_location('export_onnx', Path(__file__).parents[1] / 'scripts' / 'export_onnx.py')
+spec = importlib.util.spec_from_file_location('export_onnx', Path(__file__).resolve().parents[2] / 'scripts' / 'export_onnx.py')
 export_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(export_script)
 

@@ -14,7 +14,7 @@ from vsrkit.archs.pruning import l1_filter_masks, prune_conv_chain
 from vsrkit.archs.vdsr_arch import VDSR, vdsr_conv_chain
 from basicsr.utils.color_util import rgb2ycbcr  # noqa: E402  (after vsrkit: the compat shim must come first)
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'prune.py'
+SCRIPT = Path(__file__).resolve().parents[2] / 'scripts' / 'prune.py'
 
 
 @pytest.fixture(scope='module')

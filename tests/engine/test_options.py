@@ -10,7 +10,7 @@ from vsrkit.engine.option_checks import check_options
 from vsrkit.engine.options import apply_overrides, load_options
 from vsrkit.utils.signature import OptionsError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def base_options(tmp_path: Path) -> dict:

@@ -18,7 +18,7 @@ import yaml
 from vsrkit.engine.options import load_options
 from vsrkit.engine.train_loop import default_root, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')

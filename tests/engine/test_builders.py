@@ -14,7 +14,7 @@ import skimage.data
 
 from vsrkit.utils.signature import OptionsError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # which vsrkit packages the code pulled in, besides utils (the ground floor)

@@ -34,7 +34,7 @@ from vsrkit.engine.train_loop import main as train_main
 from vsrkit.utils.atomic import atomic_save
 from vsrkit.utils.signature import OptionsError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / 'datasets' / 'sample'
 PYTHON_ENV = {**os.environ, 'PYTHON': sys.executable}
 

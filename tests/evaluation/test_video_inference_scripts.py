@@ -20,7 +20,7 @@ from vsrkit.evaluation.video_protocol import benchmark_main
 
 from analytic_nets import blend_chunks, to_uint8
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {'type': 'MIAVSR', 'mid_channels': 8, 'embed_dim': 8, 'depths': [1], 'num_heads': [1],
         'drop_path_rate': 0.0}
 

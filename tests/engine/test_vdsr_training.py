@@ -19,7 +19,7 @@ from vsrkit.models.image_sr_model import ImageSRModel
 from vsrkit.engine.options import load_options
 from vsrkit.engine.train_loop import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')

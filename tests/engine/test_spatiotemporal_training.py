@@ -21,7 +21,7 @@ from vsrkit.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
 from analytic_nets import colouring_grey2rgb, colouring_reference, convlstm_reference, shifting_convlstm, to_uint8
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FRAMES = ROOT / 'datasets' / 'sample' / 'video' / 'REDS' / 'train_sharp'
 LOSSES = {'mse': '{type: MSELoss}', 'ssim': '{type: SSIMLoss, alpha: 0.1}', 'maxent': '{type: MaxEntLoss, form: tv}'}
 OPTIONS = {'colouriser': 'grey2rgb_sample', 'interpolator': 'convlstm_sample'}

@@ -20,7 +20,7 @@ from vsrkit.engine.train_loop import main
 from vsrkit.utils.color import bicubic_frame
 from vsrkit.evaluation.video_protocol import owned_frames
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_NET = {'type': 'MIAVSR', 'mid_channels': 8, 'embed_dim': 8, 'depths': [1], 'num_heads': [1],
             'drop_path_rate': 0.0}
 
