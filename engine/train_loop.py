@@ -292,10 +292,15 @@ class Trainer:
                 yield epoch, batch
             epoch, skip = epoch + 1, 0
 
-    def validate(self, model, current_iter: int) -> dict[str, dict]:
+    def validate(self, model, current_iter: int) -> dict[str, dict] | DataFault:
+        """Every validation set's results, or the DataFault of a frame or lmdb value one of them cannot read (the
+        stores raise these types with the key or file named), so that the run stops as for a training sample."""
         results = {}
         for name, dataset in self.val_sets.items():
-            averages = model.validation(dataset, current_iter, self.tb, self.opt['val'].get('save_img', False))
+            try:
+                averages = model.validation(dataset, current_iter, self.tb, self.opt['val'].get('save_img', False))
+            except (OSError, KeyError, ValueError) as err:
+                return DataFault(f'validation set {name} ({type(dataset).__name__}): {describe_error(err)}')
             results[name] = {'averages': averages, 'rows': model.last_validation}  # the model logged them
         return results
 
@@ -347,7 +352,10 @@ class Trainer:
             epoch = consumed // self.batches_per_epoch
             current_iter = start_iter
             if self.val_sets and start_iter == 0 and (opt.get('val') or {}).get('validate_at_start'):
-                self.validate(model, 0)  # the starting point, e.g. a pretrained net or an arch that starts at bicubic
+                # the starting point, e.g. a pretrained net or an arch that starts at bicubic
+                fault = self.validate(model, 0)
+                if isinstance(fault, DataFault):
+                    return self.stop_for_data(model, fault, epoch, start_iter, 0, None, start_iter)
             progress.resume()
             saved_at = None
             while current_iter < total_iter:
@@ -370,7 +378,9 @@ class Trainer:
                     model.save(epoch, current_iter)
                     saved_at = current_iter
                 if val_freq and current_iter % val_freq == 0 and current_iter < total_iter:
-                    self.validate(model, current_iter)
+                    fault = self.validate(model, current_iter)
+                    if isinstance(fault, DataFault):
+                        return self.stop_for_data(model, fault, epoch, current_iter, 0, saved_at, start_iter)
                 if any_rank(stop.signum is not None, self.info.device):
                     if saved_at != current_iter:
                         model.save(epoch, current_iter)
@@ -380,6 +390,8 @@ class Trainer:
             if saved_at != current_iter:
                 model.save(epoch, current_iter)
             results = self.validate(model, current_iter) if self.val_sets else {}
+            if isinstance(results, DataFault):
+                return self.stop_for_data(model, results, epoch, current_iter, 0, current_iter, start_iter)
             self.summarise(results, progress, current_iter)
             return 0
 

@@ -271,6 +271,29 @@ def test_4_an_unreadable_frame_during_training_is_named(tmp_path, sample_images,
     assert 'Traceback' not in out.out + out.err
 
 
+def test_4_an_unreadable_validation_frame_stops_with_one_line_after_saving(tmp_path, sample_images, capsys):
+    """A validation frame that cannot be read during a training run: one line naming the validation set and the
+    file, the finished iteration saved, exit 3 — as for a training sample."""
+    data = tmp_path / 'val'
+    for name in ('HR', 'LR_bicubic/X2'):
+        shutil.copytree(sample_images / 'val' / name, data / name)
+    opt = options(tmp_path, 'valfault', total_iter=6)
+    opt['datasets']['val'] = {'name': 'photos', 'type': 'PairedPatchDataset', 'dataroot_gt': str(data / 'HR'),
+                              'dataroot_lq': str(data / 'LR_bicubic/X2'), 'io_backend': {'type': 'disk'}}
+    opt['val'] = {'val_freq': 3, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 2}}}
+    opt['logger']['save_checkpoint_freq'] = 100
+    path = write(tmp_path, opt)
+    victim = data / 'LR_bicubic/X2/coffee_0.png'
+    victim.write_bytes(victim.read_bytes()[:64])  # truncated after the construction-time header check
+    capsys.readouterr()
+    assert train_main(['-opt', str(path)], root=ROOT) == 3
+    out = capsys.readouterr()
+    assert 'data error: validation set photos (PairedPatchDataset)' in out.out and str(victim) in out.out
+    assert 'state of iteration 3 saved' in out.out
+    assert 'Traceback' not in out.out + out.err
+    assert (tmp_path / 'experiments' / 'valfault' / 'training_states' / '3.state').is_file()
+
+
 def elsr_checkpoint(tmp_path: Path, name: str, **net) -> Path:
     from vsrkit.models.base import build_network
     network = {'type': 'ELSR', 'scale': 2, 'num_feat': 6, **net}
