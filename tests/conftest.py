@@ -16,11 +16,44 @@ REFERENCE = PROJECT_ROOT.parent / 'shared' / 'reference'
 
 
 @pytest.fixture(scope='session')
+def write_photo_pairs():
+    """``write(root, crops, size)``: HR ``size``-pixel crops of real photos and their MATLAB-bicubic x2 LR as
+    BasicSR-style folders ``root/<split>/{HR,LR}/<i>.png``; ``crops``: {split: [(photo, top, left), ...]}."""
+    import cv2
+    import numpy as np
+
+    import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
+    from basicsr.utils.matlab_functions import imresize
+
+    def write(root: Path, crops: dict, size: int) -> Path:
+        for split, items in crops.items():
+            for i, (photo, y, x) in enumerate(items):
+                hr = photo[y:y + size, x:x + size]
+                lr = np.clip(np.round(imresize(hr / 255.0, 0.5) * 255), 0, 255).astype(np.uint8)
+                for folder, image in (('HR', hr), ('LR', lr)):
+                    (root / split / folder).mkdir(parents=True, exist_ok=True)
+                    cv2.imwrite(str(root / split / folder / f'{i}.png'), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        return root
+
+    return write
+
+
+@pytest.fixture(scope='session')
 def reference_dir() -> Path:
     """../shared/reference (checkpoints and key lists of the original systems); skips where absent."""
     if not REFERENCE.is_dir():
         pytest.skip(f'reference material not found at {REFERENCE} (only present in the vsrkit workspace)')
     return REFERENCE
+
+
+@pytest.fixture(scope='session')
+def originals(reference_dir: Path) -> Path:
+    """../shared/reference/originals, the original code of the reference systems (parity tests); skips where
+    absent."""
+    path = reference_dir / 'originals'
+    if not path.is_dir():
+        pytest.skip(f'../shared/reference/originals absent: no original code to compare with at {path}')
+    return path
 
 
 @pytest.fixture(scope='session')

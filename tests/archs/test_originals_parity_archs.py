@@ -35,15 +35,6 @@ TOL = 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(scope='module')
-def originals(reference_dir: Path) -> Path:
-    """../shared/reference/originals (the conftest's ``reference_dir`` skips where ../shared/reference is absent)."""
-    path = reference_dir / 'originals'
-    if not path.is_dir():
-        pytest.skip(f'../shared/reference/originals absent: no original code to compare with at {path}')
-    return path
-
-
 def _load_original(originals: Path, relative: str) -> ModuleType:
     """Import one original file by path under a unique private name (two folders hold a ``model.py``-like name)."""
     path = originals / relative

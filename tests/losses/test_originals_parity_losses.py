@@ -36,15 +36,6 @@ TOL = 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(scope='module')
-def originals(reference_dir: Path) -> Path:
-    """../shared/reference/originals (the conftest's ``reference_dir`` skips where ../shared/reference is absent)."""
-    path = reference_dir / 'originals'
-    if not path.is_dir():
-        pytest.skip(f'../shared/reference/originals absent: no original code to compare with at {path}')
-    return path
-
-
 def _has_msssim() -> bool:
     try:
         return importlib.util.find_spec('pytorch_msssim') is not None

@@ -16,8 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -48,22 +46,13 @@ LOG_LINE = re.compile(r'iter:\s*([\d,]+), lr:\(([^)]*)\)\](.*)$')
 
 
 @pytest.fixture(scope='module')
-def photo_pairs(tmp_path_factory) -> Path:
+def photo_pairs(tmp_path_factory, write_photo_pairs) -> Path:
     """HR crops of real photos (skimage) and their MATLAB-bicubic x2 LR, as BasicSR-style folders."""
-    from basicsr.utils.matlab_functions import imresize
     from skimage import data
 
-    root = tmp_path_factory.mktemp('pairs')
     crops = {'train': [(data.astronaut(), 100, 120), (data.rocket(), 150, 300), (data.coffee(), 120, 200)],
              'val': [(data.chelsea(), 80, 160)]}
-    for split, items in crops.items():
-        for i, (photo, y, x) in enumerate(items):
-            hr = photo[y:y + 32, x:x + 32]
-            lr = np.clip(np.round(imresize(hr / 255.0, 0.5) * 255), 0, 255).astype(np.uint8)
-            for folder, image in (('HR', hr), ('LR', lr)):
-                (root / split / folder).mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(root / split / folder / f'{i}.png'), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return root
+    return write_photo_pairs(tmp_path_factory.mktemp('pairs'), crops, 32)
 
 
 def image_options(name: str, pairs: Path, model_type: str, network: dict, train: dict) -> dict:
