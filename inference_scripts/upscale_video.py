@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--tile', type=_count(0),
                         help='tile size in network-input pixels; 0: whole frames (default: chosen from the '
                              "architecture's cost, announced)")
-    parser.add_argument('--tile-overlap', type=_count(0), help='tile overlap in pixels (default 16; 8 for auto '
-                        'tiles of global-attention networks)')
+    parser.add_argument('--tile-overlap', type=_count(0), help='tile overlap in pixels (default 16; automatic '
+                        'tiles of global-attention networks: a quarter of the training patch, at least 4)')
     parser.add_argument('--chunk', type=_count(1), default=16, help='frames per recurrent chunk (default 16)')
     parser.add_argument('--chunk-overlap', type=int, default=4, help='frames shared by chunks (default 4)')
     parser.add_argument('--batch', type=_count(1), default=4, help='frames per call of frame/window networks')

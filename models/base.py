@@ -278,6 +278,12 @@ class TrainableModel:
             return [folder / f'net_g_latest{suffix}']
         return [folder / f'net_g_{current_iter}{suffix}', folder / f'net_g_latest{suffix}']
 
+    def train_patch_size(self) -> int | None:
+        """The LR patch side the network trains on: ``datasets.train.gt_size`` / ``scale``, None when unknown."""
+        gt_size = ((self.opt.get('datasets') or {}).get('train') or {}).get('gt_size')
+        scale = self.opt.get('scale') or 1
+        return gt_size // scale if isinstance(gt_size, int) and isinstance(scale, int) else None
+
     def save(self, epoch: int, current_iter: int, extra_state: dict | None = None) -> None:
         """Write net_g_<iter>.pth, net_g_latest.pth and training_states/<iter>.state (rank 0, atomically);
         ``current_iter`` -1 (basicsr's "latest") writes net_g_latest.pth only. ``logger.keep_training_states: N``
@@ -291,9 +297,13 @@ class TrainableModel:
         if self.net_g_ema is not None:
             weights['params_ema'] = self.net_g_ema.state_dict()
         weights['network_g'] = dict(self.opt['network_g'])
+        train_size = self.train_patch_size()
+        if train_size is not None:  # inference tiles global-attention networks near the size they learnt on
+            weights['train_size'] = train_size
         for path in self.network_files(current_iter):
             if self.save_format == 'safetensors':  # one network (the EMA one when kept, as inference picks)
-                save_safetensors(weights.get('params_ema', weights['params']), path, weights['network_g'])
+                save_safetensors(weights.get('params_ema', weights['params']), path, weights['network_g'],
+                                 train_size)
             else:
                 atomic_save(weights, path)
         if current_iter == LATEST:

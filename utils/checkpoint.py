@@ -7,8 +7,9 @@ Layouts: ``params`` / ``params_ema`` (BasicSR), ``state_dict`` (Lightning ``.ckp
 dicts, and DataParallel/DDP ``module.`` prefixes (:func:`extract_state_dict`).
 
 A safetensors file holds flat tensors and string metadata; vsrkit writes one network's weights (the EMA ones
-when training keeps them) with the ``network_g`` options as JSON metadata, which :func:`load_file` returns as
-BasicSR's ``{'params': ..., 'network_g': ...}`` so the loader reads both kinds alike. Atomic writes:
+when training keeps them) with the ``network_g`` options as JSON metadata (and ``train_size``, the LR patch side
+it trained on, which inference tiles by), which :func:`load_file` returns as BasicSR's
+``{'params': ..., 'network_g': ..., 'train_size': ...}`` so the loader reads both kinds alike. Atomic writes:
 ``vsrkit.utils.atomic``.
 """
 from __future__ import annotations
@@ -36,8 +37,8 @@ def is_safetensors(path: Path) -> bool:
 
 
 def load_safetensors(path: str | Path) -> dict[str, Any]:
-    """A safetensors file: its tensors, or ``{'params': tensors, 'network_g': options}`` when its metadata
-    holds vsrkit's ``network_g``."""
+    """A safetensors file: its tensors, or ``{'params': tensors, 'network_g': options[, 'train_size': int]}`` when
+    its metadata holds vsrkit's ``network_g``."""
     try:
         tensors = safetensors.torch.load_file(str(path), device='cpu')
         with safetensors.safe_open(str(path), framework='pt') as handle:
@@ -47,13 +48,20 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
     if 'network_g' not in metadata:
         return tensors
     try:
-        return {'params': tensors, 'network_g': json.loads(metadata['network_g'])}
+        checkpoint = {'params': tensors, 'network_g': json.loads(metadata['network_g'])}
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: metadata 'network_g' is not JSON ({err})") from None
+    if 'train_size' in metadata:
+        if not metadata['train_size'].isdigit():
+            raise ValueError(f"{path}: metadata 'train_size' must be a whole number, got {metadata['train_size']!r}")
+        checkpoint['train_size'] = int(metadata['train_size'])
+    return checkpoint
 
 
-def save_safetensors(state: dict[str, torch.Tensor], path: str | Path, network_g: dict | None = None) -> Path:
-    """Write a state dict as safetensors, atomically, with ``network_g`` (JSON) as metadata.
+def save_safetensors(state: dict[str, torch.Tensor], path: str | Path, network_g: dict | None = None,
+                     train_size: int | None = None) -> Path:
+    """Write a state dict as safetensors, atomically, with ``network_g`` (JSON) and ``train_size`` (the LR
+    training patch) as metadata.
 
     Tensors that share storage (tied layers) are written once each under every name: safetensors refuses
     aliases, and loading copies the same values into the tied parameter."""
@@ -68,6 +76,8 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | Path, network_g
     metadata = {'format': 'pt'}
     if network_g is not None:
         metadata['network_g'] = json.dumps(network_g)
+    if train_size is not None:
+        metadata['train_size'] = str(train_size)
     data = safetensors.torch.save(tensors, metadata=metadata)
     return atomic_write(path, lambda handle: handle.write(data))
 

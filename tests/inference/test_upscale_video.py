@@ -418,32 +418,55 @@ def test_published_vdsr_gives_the_pixels_of_eval_images(reference_checkpoint, tm
     assert np.abs(got.astype(int) - cv2.resize(lr, (96, 96), interpolation=cv2.INTER_CUBIC)).mean() > 1  # it refined
 
 
-def test_global_attention_is_tiled_automatically_within_a_tenth_of_a_db(tmp_path, capsys):
-    """A ViTSR built like options/vit_x2.yml (global attention, bicubic residual; small, random head) on real frames
-    larger than its automatic tile: the tile is announced, and PSNR against HR stays within 0.1 dB of whole frames
+def trained_small_vit(frames, patch, steps=150):
+    """A small ViTSR built like options/vit_x2.yml (global attention, bicubic residual) trained briefly on ``patch`` px
+    LR patches of ``frames`` (uint8 RGB HR), so that tiles near its training patch are what it knows."""
+    torch.manual_seed(0)
+    net = ViTSR(embed_dim=16, num_heads=2, depth=2, mlp_dim=32, scale=2, residual='bicubic', dropout=0.0)
+    hr = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in frames])
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(steps):
+        y, x = torch.randint(0, hr.shape[-2] - 2 * patch, (2,)), torch.randint(0, hr.shape[-1] - 2 * patch, (2,))
+        gt = torch.stack([hr[i % len(hr), :, y[i]:y[i] + 2 * patch, x[i]:x[i] + 2 * patch] for i in range(2)])
+        loss = F.l1_loss(net(F.interpolate(gt, scale_factor=0.5, mode='area')), gt)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return net.eval()
+
+
+@pytest.mark.parametrize('train_size', [16, None])
+def test_global_attention_is_tiled_automatically_within_a_tenth_of_a_db(tmp_path, capsys, train_size):
+    """A ViTSR trained on 16 px LR patches, on real frames larger than its automatic tile: the tiling is announced —
+    its patch plus a quarter on each side (24/4) when the checkpoint records the patch, as vsrkit's training does,
+    else GLOBAL_TILE / GLOBAL_OVERLAP — it refines bicubic, and PSNR against HR stays within 0.1 dB of whole frames
     (--tile 0)."""
-    size = (GLOBAL_TILE * 2 + 8, GLOBAL_TILE + 8)  # LR width, height: 3 x 2 tiles
+    size = (GLOBAL_TILE * 2 + 8, GLOBAL_TILE + 8)  # LR width, height: 3 x 2 tiles of 48, 5 x 3 of 24
     hr = [cv2.resize(f, (2 * size[0], 2 * size[1]), interpolation=cv2.INTER_AREA) for f in carphone_frames(2)]
     folder = tmp_path / 'lr'
     folder.mkdir()
     for i, image in enumerate(hr):
-        cv2.imwrite(str(folder / f'{i}.png'), bicubic_downscale(np.ascontiguousarray(image[..., ::-1]), 2))
-    torch.manual_seed(0)
-    net = ViTSR(embed_dim=16, num_heads=2, depth=2, mlp_dim=32, scale=2, residual='bicubic', window_size=None)
-    torch.nn.init.normal_(net.upsample[2].weight, std=0.02)  # the residual head is zero at init: make it matter
-    ckpt = save(net, tmp_path / 'vit.pth', 'params_ema')
+        cv2.imwrite(str(folder / f'{i}.png'), cv2.resize(image[..., ::-1], size, interpolation=cv2.INTER_AREA))
+    net = trained_small_vit(hr, 16)
+    ckpt = tmp_path / 'vit.pth'
+    torch.save({'params': net.state_dict(), 'network_g': {'type': 'ViTSR', 'embed_dim': 16, 'num_heads': 2,
+                'mlp_dim': 32, 'residual': 'bicubic'}, **({'train_size': train_size} if train_size else {})}, ckpt)
 
-    def psnr(folder):
-        sr = np.stack(read_pngs(folder)).astype(np.float64)
-        return 10 * np.log10(255 ** 2 / np.mean((sr - np.stack(hr)) ** 2))
+    def psnr(images):
+        return 10 * np.log10(255 ** 2 / np.mean((np.stack(images).astype(np.float64) - np.stack(hr)) ** 2))
 
     capsys.readouterr()
     assert main([str(folder), str(tmp_path / 'auto'), '--model', str(ckpt), '--quiet']) == 0
     tiling = [line for line in capsys.readouterr().err.splitlines() if line.startswith('tiling:')]
-    assert tiling == [f'tiling: {GLOBAL_TILE}x{GLOBAL_TILE} tiles overlapping by {GLOBAL_OVERLAP} px (ViTSR attends '
-                      'globally: time grows with the square of the pixels per call; --tile 0 for whole frames)']
+    tile, overlap, why = (24, 4, 'trained on 16 px patches') if train_size else (GLOBAL_TILE, GLOBAL_OVERLAP,
+                                                                                 'training patch unknown')
+    assert tiling == [f'tiling: {tile}x{tile} tiles overlapping by {overlap} px (ViTSR attends globally: time grows '
+                      f'with the square of the pixels per call; {why}; --tile 0 for whole frames)']
     assert main([str(folder), str(tmp_path / 'whole'), '--model', str(ckpt), '--tile', '0', '--quiet']) == 0
     assert 'tiling: whole frames (--tile 0)' in capsys.readouterr().err
     auto, whole = read_pngs(tmp_path / 'auto'), read_pngs(tmp_path / 'whole')
+    bicubic = [cv2.resize(cv2.imread(str(folder / f'{i}.png'))[..., ::-1], (2 * size[0], 2 * size[1]),
+                          interpolation=cv2.INTER_CUBIC) for i in range(2)]
+    assert psnr(whole) > psnr(bicubic) + 0.2  # it learnt something worth keeping
     assert not np.array_equal(auto[0], whole[0])  # the tiles did run
-    assert abs(psnr(tmp_path / 'auto') - psnr(tmp_path / 'whole')) < 0.1
+    assert abs(psnr(auto) - psnr(whole)) < 0.1

@@ -1,12 +1,11 @@
 """vsrkit registers into basicsr's registries: usable from another BasicSR project, safe to import twice."""
-import importlib
+import re
 import subprocess
 import sys
 import textwrap
 
 import torch
 
-import pytest
 
 
 def test_names_are_registered_and_disjoint_from_basicsr():
@@ -44,16 +43,25 @@ def test_another_basicsr_project_builds_our_arch_from_its_yaml(tmp_path):
 
 
 def test_reimport_is_harmless_but_a_real_collision_is_reported():
-    import vsrkit.archs.vit_arch as module
-    from vsrkit.utils.registry import ARCH_REGISTRY, register
-    importlib.reload(module)  # the same definition registering again
-    assert ARCH_REGISTRY.get('ViTSR') is module.ViTSR
-    with pytest.raises(KeyError, match="'EDSR'.*already taken by basicsr.archs.edsr_arch.EDSR"):
-        import basicsr.archs  # noqa: F401
-
-        @register(ARCH_REGISTRY)
-        class EDSR:  # noqa: F811 — a different class under basicsr's name
-            pass
+    # In a child process: the reload replaces the registered class, which would leave other tests' imported ViTSR
+    # a different class from the registry's.
+    code = textwrap.dedent('''
+        import importlib
+        import vsrkit.archs.vit_arch as module
+        from vsrkit.utils.registry import ARCH_REGISTRY, register
+        importlib.reload(module)  # the same definition registering again
+        assert ARCH_REGISTRY.get('ViTSR') is module.ViTSR
+        import basicsr.archs
+        try:
+            @register(ARCH_REGISTRY)
+            class EDSR:  # a different class under basicsr's name
+                pass
+        except KeyError as err:
+            print('refused:', err)
+    ''')
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert re.search("refused: .*'EDSR'.*already taken by basicsr.archs.edsr_arch.EDSR", run.stdout), run.stdout
 
 
 def test_build_network_finds_basicsr_suffixed_names():

@@ -11,6 +11,7 @@ import vsrkit.archs  # noqa: F401
 from vsrkit.archs.elsr_arch import ELSR
 from vsrkit.archs.loader import load_model
 from vsrkit.archs.vit_arch import ViTSR
+from vsrkit.inference.frame_model import choose_tile
 from vsrkit.models.image_sr_model import ImageSRModel
 from vsrkit.utils.checkpoint import extract_state_dict, load_file, save_safetensors
 
@@ -77,7 +78,7 @@ def test_bad_files_are_named(tmp_path):
 
 
 def training_options(tmp_path, **logger):
-    return {'is_train': True, 'device': 'cpu', 'scale': 2, 'logger': logger,
+    return {'is_train': True, 'device': 'cpu', 'scale': 2, 'logger': logger, 'datasets': {'train': {'gt_size': 32}},
             'path': {'models': str(tmp_path / 'models'), 'training_states': str(tmp_path / 'states')},
             'network_g': {'type': 'ViTSR', 'embed_dim': 16, 'num_heads': 2, 'depth': 2, 'mlp_dim': 32,
                           'dropout': 0.0},
@@ -98,6 +99,16 @@ def test_training_saves_net_g_as_safetensors_when_asked(tmp_path, photo):
         assert torch.equal(loaded(photo), model.net_g_ema(photo))  # the EMA weights, as inference picks
         assert not torch.equal(loaded(photo), model.net_g(photo))
     assert list((tmp_path / 'states').glob('*.state'))  # the training state stays a torch file
+
+
+@pytest.mark.parametrize('save_format', ['pth', 'safetensors'])
+def test_training_records_its_lr_patch_which_inference_tiles_by(tmp_path, save_format):
+    model = ImageSRModel(training_options(tmp_path, save_format=save_format))
+    model.save(0, 1)
+    _, info = load_model(tmp_path / 'models' / f'net_g_latest.{save_format}')
+    assert info['io'].train_size == 16  # gt_size 32 at x2
+    plan = choose_tile(info['io'], 144, 176, arch='ViTSR')
+    assert (plan.tile, plan.overlap) == (24, 4) and 'trained on 16 px patches' in plan.reason
 
 
 def test_unknown_save_format_is_refused_before_training(tmp_path):
