@@ -178,8 +178,10 @@ def _swinir(s: StateDict) -> dict[str, Any]:
 
 def _swinir_io(o: dict[str, Any]) -> ModelIO:
     scale = o['upscale'] if o['upsampler'] else 1
-    # basicsr's SwinIR does not pad: sides must be multiples of the window (the caller pads and crops).
-    return single_frame_io(o['in_chans'], o['in_chans'], scale, multiple=o['window_size'], train_size=o['img_size'])
+    # basicsr's SwinIR does not pad: sides must be multiples of the window (the caller pads and crops). Not fp16: its
+    # attention overflows in half precision (spandrel's SwinIR descriptor says supports_half=False for the same class).
+    return single_frame_io(o['in_chans'], o['in_chans'], scale, multiple=o['window_size'], train_size=o['img_size'],
+                           dtypes=('bf16',))
 
 
 register_spec(ArchSpec(

@@ -91,7 +91,7 @@ def test_spandrel_is_the_fallback_after_vsrkits_specs(tmp_path):
     assert (info['arch'], info['source']) == ('VDSR', 'shapes')  # vsrkit's own spec wins
 
 
-def test_descriptor_flags_become_the_model_io():
+def test_descriptor_flags_become_the_model_io(tmp_path):
     torch.manual_seed(0)
     net, info = load_spandrel(swinir_x2().state_dict(), 'swinir.pth')
     io = info['io']
@@ -101,6 +101,10 @@ def test_descriptor_flags_become_the_model_io():
     x = torch.rand(1, 3, 10, 14)  # under the minimum: spandrel's own padding, the output cropped
     assert net(x).shape == (1, 3, 20, 28)
     assert load_spandrel({'weight': torch.zeros(3)}, 'linear.pth') is None
+    # the same checkpoint through vsrkit's own spec of basicsr's SwinIR (which comes first) agrees on fp16
+    torch.save(swinir_x2().state_dict(), tmp_path / 'swinir.pth')
+    _, info = load_model(tmp_path / 'swinir.pth')
+    assert (info['source'], info['io'].dtypes) == ('shapes', ('bf16',))
 
 
 def test_a_dtype_the_descriptor_does_not_support_is_refused(clip, tmp_path, capsys, monkeypatch):
