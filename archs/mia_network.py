@@ -59,8 +59,9 @@ class PatchAlignTransformer(nn.Module):
 
     forward(frames, states, control, layout, constants, use_checkpoint) -> (features, new_states, keep_ratios)
       frames: (n, 3, C, h, w) = [aligned t-2, aligned t-1, current]; states: one BlockState per block or None
-      (first frame); constants: ``self.constants(layout)``; keep_ratios: one entry per block (None where no
-      mask acted).
+      (first frame), consumed: its entries are set to None as the blocks replace them (a branch's states are
+      ~2 GB at 180x320 LR: a second set alive would double the peak); constants: ``self.constants(layout)``;
+      keep_ratios: one entry per block (None where no mask acted).
 
     ``conv_first``, ``conv_first_feat`` and ``conv_before_upsample`` exist only so that official checkpoints
     load with strict=True: the original applies them only to 3- or 64-channel inputs (never at embed_dim
@@ -129,7 +130,9 @@ class PatchAlignTransformer(nn.Module):
                 if block.shifted != shifted:
                     shifted = block.shifted
                     x_rows = layout.switch(x_rows, shifted)
-                state = None if states is None else states[block_index]
+                state = None
+                if states is not None:  # released from the list as it is replaced: one set of states alive, not two
+                    state, states[block_index] = states[block_index], None
                 args = (x_rows, aligned[shifted], constants[block_index], layout, state, control)
                 if use_checkpoint and self.training and torch.is_grad_enabled():
                     x_rows, state, ratio = checkpoint(block, *args, use_reentrant=False)

@@ -25,9 +25,11 @@ import torch
 
 from vsrkit.archs.loader import load_model
 from vsrkit.inference.spatiotemporal import fuse, read_frames, score_frames, to_grey_tensor, to_images, write_frames
+from vsrkit.utils.cpu_allocator import retain_freed_memory
 
 
 def main(argv: list[str] | None = None) -> int:
+    retain_freed_memory()  # large CPU tensors reused, not page-faulted in anew (vsrkit.utils.cpu_allocator)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('input', help='folder of frames or a video file')
     parser.add_argument('output', help='output folder of PNG frames')

@@ -487,3 +487,22 @@ def test_bicubic_skip_starts_at_bicubic_and_bilinear_stays_the_default():
     torch.testing.assert_close(out.flatten(0, 1), expected, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="skip must be 'bilinear'"):
         MIAVSR(**TINY, skip='nearest')
+
+
+def test_a_branch_step_releases_the_states_it_replaces():
+    """PatchAlignTransformer consumes its states list (set to None as each block's new state is made), so one set of
+    states is alive during a step, not two; the new states are returned."""
+    torch.manual_seed(0)
+    model = MIAVSR(**TINY).eval()
+    branch = model.patch_align['forward_1']
+    frames = clip_frames(3, (16, 24))[0].permute(0, 2, 3, 1)  # (3, h, w, 3) real frames
+    features = frames.repeat(1, 1, 1, 4)[None].permute(0, 1, 4, 2, 3)  # (1, 3, 12, h, w)
+    layout = WindowLayout(1, 16, 24, model.window_size, features.device)
+    constants = branch.constants(layout)
+    with torch.no_grad():
+        _, states, _ = branch(features, None, MaskControl(), layout, constants, False)
+        assert len(states) == 2 and all(state is not None for state in states)
+        previous = list(states)
+        _, new_states, _ = branch(features.flip(1), states, MaskControl(), layout, constants, False)
+    assert states == [None, None]
+    assert all(new is not old for new, old in zip(new_states, previous))
