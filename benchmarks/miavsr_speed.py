@@ -31,7 +31,12 @@ Usage: python benchmarks/miavsr_speed.py [--sizes 64x64:3,180x320:2 | none] [--k
        [--block-keep 0.9,0.75,0.5,0.25] [--reps 1]
        [--threads N] [--weights checkpoint.pth] [--bf16] [--baseline auto|off|only]
        [--baseline-sizes 64x64:5:3,180x320:5:1] [--baseline-conditions threads,loaded,single]
-       [--compare-chunks 16]
+       [--compare-chunks 16] [--freed-memory retain|default]
+
+The allocator matters to both codes: glibc by default returns large freed blocks to the kernel, and the next
+large tensor is page-faulted in again; vsrkit's entry points make glibc keep freed memory
+(vsrkit.utils.cpu_allocator), and so does this benchmark unless ``--freed-memory default``, for the original's
+calls as much as for vsrkit's.
 """
 from __future__ import annotations
 
@@ -383,9 +388,15 @@ def main() -> None:
                         help='baseline: also time vsrkit with these WINDOW_CHUNK values (comma separated)')
     parser.add_argument('--baseline-conditions', default='threads,loaded,single',
                         help='threads (= --threads), loaded (a busy process beside it), single (1 thread)')
+    parser.add_argument('--freed-memory', choices=('retain', 'default'), default='retain',
+                        help="retain: glibc keeps freed memory for reuse, as vsrkit's entry points set it; default: "
+                             "glibc's defaults (large tensors page-faulted in anew each time)")
     args = parser.parse_args()
-    # as vsrkit's command-line entry points do; in this process, so the original's calls get it too
-    print(f'glibc keeps freed memory for reuse: {retain_freed_memory()} (vsrkit.utils.cpu_allocator)')
+    # as vsrkit's command-line entry points do; in this process, so the original's calls get it too. It cannot be
+    # undone within a process: compare the two settings by the ratios of two runs.
+    kept = args.freed_memory == 'retain' and retain_freed_memory()
+    print(f'glibc keeps freed memory for reuse: {kept} (--freed-memory {args.freed_memory}; '
+          'vsrkit.utils.cpu_allocator)')
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = MIAVSR().eval()
