@@ -42,8 +42,8 @@ from vsrkit.evaluation.tables import validation_table
 from vsrkit.models.base import unwrap
 from vsrkit.models.basicsr_driver import build_driven_model
 from vsrkit.utils.atomic import atomic_write_text
-from vsrkit.utils.signature import OptionsError
 from vsrkit.utils.cpu_allocator import retain_freed_memory
+from vsrkit.utils.signature import OptionsError
 
 logger = logging.getLogger('vsrkit')
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -468,7 +468,7 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None, root: str | Path | None = None) -> int:
-    retain_freed_memory()  # large CPU tensors reused, not page-faulted in anew (vsrkit.utils.cpu_allocator)
+    retain_freed_memory()
     args = parse_args(argv)
     root = Path(root) if root is not None else default_root()
     try:

@@ -37,9 +37,10 @@ from vsrkit.archs.loader import load_model
 from vsrkit.evaluation.tables import format_table
 from vsrkit.utils.atomic import atomic_write_text
 from vsrkit.utils.color import bicubic_frame
+from vsrkit.utils.cpu_allocator import retain_freed_memory
 from vsrkit.utils.precision import DTYPE_CHOICES, autocast_for, parse_dtype
 from vsrkit.utils.tiling import stream_forward
-from vsrkit.utils.cpu_allocator import retain_freed_memory
+
 
 def standard_metrics(crop_border: int = 0) -> dict[str, dict]:
     """PSNR and SSIM on RGB and on Y (BT.601), as basicsr metric options (keys: psnr_rgb, ssim_rgb, psnr_y,
@@ -233,7 +234,7 @@ def _dataset_options(args: argparse.Namespace, bench: Benchmark) -> tuple[dict, 
 
 def benchmark_main(bench: Benchmark, argv: list[str] | None = None, description: str = '') -> int:
     """The command line shared by ``inference_scripts/reds4.py`` and ``vimeo90k.py`` (see their docstrings)."""
-    retain_freed_memory()  # large CPU tensors reused, not page-faulted in anew (vsrkit.utils.cpu_allocator)
+    retain_freed_memory()
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--model', help=f'checkpoint (.pth); default {bench.checkpoint} (bicubic only if absent)')
     parser.add_argument('--opt', default=None,

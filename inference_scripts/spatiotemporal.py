@@ -29,7 +29,7 @@ from vsrkit.utils.cpu_allocator import retain_freed_memory
 
 
 def main(argv: list[str] | None = None) -> int:
-    retain_freed_memory()  # large CPU tensors reused, not page-faulted in anew (vsrkit.utils.cpu_allocator)
+    retain_freed_memory()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('input', help='folder of frames or a video file')
     parser.add_argument('output', help='output folder of PNG frames')

@@ -47,8 +47,8 @@ from vsrkit.inference.frame_model import FrameModel, choose_tile
 from vsrkit.inference.onnx_backend import OnnxNetwork, export_onnx, load_onnx
 from vsrkit.inference.pipeline import upscale_video
 from vsrkit.inference.video_io import FrameSource, open_writer
-from vsrkit.utils.precision import DTYPE_CHOICES, parse_dtype
 from vsrkit.utils.cpu_allocator import retain_freed_memory
+from vsrkit.utils.precision import DTYPE_CHOICES, parse_dtype
 
 __all__ = ['FrameSource', 'main', 'open_writer', 'upscale_video']
 
@@ -87,7 +87,7 @@ def _log(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    retain_freed_memory()  # large CPU tensors reused, not page-faulted in anew (vsrkit.utils.cpu_allocator)
+    retain_freed_memory()
     parser = argparse.ArgumentParser(prog='vsrkit-upscale', description=__doc__.splitlines()[1])
     parser.add_argument('input', help='video file or folder of frames')
     parser.add_argument('output', help='video file (.mp4/.mkv/.mov) or folder for PNG frames')

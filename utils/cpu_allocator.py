@@ -13,8 +13,8 @@ states as it replaced them) 1.5x (65.6 against 43.0 s).
 :func:`retain_freed_memory` sets glibc's ``M_MMAP_MAX`` to 0 (every block from the heap) and ``M_TRIM_THRESHOLD``
 to 2 GB, the largest it takes (freed heap memory stays mapped, up to that much at the heap's top), so after the first
 frames a long clip allocates without faults; the process's resident memory stays near its peak instead of shrinking
-between frames. The command-line entry points
-(training, evaluation, upscaling) call it at start-up; ``VSRKIT_RETAIN_FREED_MEMORY=0`` leaves glibc's defaults.
+between frames. The command-line entry points (training, evaluation, upscaling) call it at start-up;
+``VSRKIT_RETAIN_FREED_MEMORY=0`` leaves glibc's defaults.
 Other C libraries (musl, macOS, Windows) are left alone.
 """
 from __future__ import annotations
