@@ -342,6 +342,16 @@ def _fresh_copy(model: MIAVSR) -> MIAVSR:
     return fresh.eval()
 
 
+def assert_follows_new_weights(model: MIAVSR, lqs: torch.Tensor, before: torch.Tensor) -> None:
+    """After its weights changed in place, ``model``'s eval output differs from ``before`` and equals a fresh copy's
+    (nothing derived from the old weights was kept)."""
+    with torch.no_grad():
+        after = model(lqs)
+        expected = _fresh_copy(model)(lqs)
+    assert not torch.allclose(after, before, atol=1e-4)
+    torch.testing.assert_close(after, expected, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize('write', ['mul_', 'copy_'])
 def test_eval_follows_writes_through_data(write):
     """Issue 15 item 6: ``p.data.mul_()`` / ``p.data.copy_()`` bump no version counter that autograd sees; the
@@ -357,11 +367,7 @@ def test_eval_follows_writes_through_data(write):
     for (name, p), q in zip(model.named_parameters(), other.parameters()):
         if '.attn.' in name or '.norm1.' in name:  # the weights the blocks fold (the old cache went stale)
             p.data.mul_(1.5) if write == 'mul_' else p.data.copy_(q.data)
-    with torch.no_grad():
-        after = model(lqs)
-        expected = _fresh_copy(model)(lqs)
-    assert not torch.allclose(after, before, atol=1e-4)
-    torch.testing.assert_close(after, expected, atol=1e-6, rtol=0)
+    assert_follows_new_weights(model, lqs, before)
 
 
 def test_eval_follows_an_ema_update_through_data():
@@ -377,11 +383,7 @@ def test_eval_follows_an_ema_update_through_data():
     decay = 0.5
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.data.mul_(decay).add_(p.data, alpha=1 - decay)
-    with torch.no_grad():
-        after = ema(lqs)
-        expected = _fresh_copy(ema)(lqs)
-    assert not torch.allclose(after, before, atol=1e-4)
-    torch.testing.assert_close(after, expected, atol=1e-6, rtol=0)
+    assert_follows_new_weights(ema, lqs, before)
 
 
 def test_bug_a_checkpointing_gives_the_same_gradients():

@@ -113,14 +113,19 @@ def paired_opt(pairs: Path, backend: str, **extra) -> dict:
             **extra}
 
 
+def same_draws(first, second):
+    """(first[i], second[i]) for every index, each drawn after seeding ``random`` with i: the same random crops."""
+    for index in range(len(first)):
+        random.seed(index)
+        a = first[index]
+        random.seed(index)
+        yield a, second[index]
+
+
 def test_paired_dataset_same_items_on_disk_and_lmdb(pairs):
     disk, lmdb = PairedPatchDataset(paired_opt(pairs, 'disk')), PairedPatchDataset(paired_opt(pairs, 'lmdb'))
     assert disk.keys == lmdb.keys == sorted(photos()) and disk.lq_keys[0] == 'coffeex2' and lmdb.lq_keys[0] == 'coffee'
-    for index in range(len(disk)):
-        random.seed(index)
-        a = disk[index]
-        random.seed(index)
-        b = lmdb[index]
+    for a, b in same_draws(disk, lmdb):
         assert torch.equal(a['gt'], b['gt']) and torch.equal(a['lq'], b['lq']) and a['key'] == b['key']
         assert a['gt'].shape == (3, 48, 48) and a['lq'].shape == (3, 24, 24)
     whole = PairedPatchDataset(paired_opt(pairs, 'disk', phase='val'))[1]  # 'set/astronaut', not cropped
@@ -143,10 +148,6 @@ def test_y_multiscale_dataset_same_items_on_disk_and_lmdb(pairs):
     disk = YMultiScaleDataset({'dataroot_gt': str(pairs / 'HR'), **opt})
     lmdb = YMultiScaleDataset({'dataroot_gt': str(pairs / 'HR.lmdb'), 'io_backend': {'type': 'lmdb'}, **opt})
     assert disk.keys == lmdb.keys == sorted(photos())
-    for index in range(len(disk)):
-        random.seed(index)
-        a = disk[index]
-        random.seed(index)
-        b = lmdb[index]
+    for a, b in same_draws(disk, lmdb):
         assert torch.equal(a['gt'], b['gt']) and torch.equal(a['lq'], b['lq']) and a['origin'] == b['origin']
     assert disk[0]['lq_path'] == str(pairs / 'HR' / 'coffee.png') and lmdb[0]['lq_path'] == 'coffee'

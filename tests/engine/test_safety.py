@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -208,14 +209,14 @@ def test_3_the_sample_layout_is_what_the_builder_makes(kind, sample_images, samp
 
 
 # ------------------------------------------------------------------- case 4: data errors, pretrain checkpoints
-def corrupt_value(lmdb_dir: Path, key: str) -> bytes:
-    """Replace the stored PNG of ``key`` by its first 100 bytes (a cut-off file); returns the original."""
+def replace_value(lmdb_dir: Path, key: str, new: Callable[[bytes], bytes]) -> bytes:
+    """Store ``new(stored value)`` under ``key``; returns the value stored before."""
     env = lmdb.open(str(lmdb_dir), readonly=False, lock=False)
     with env.begin(write=True) as txn:
-        original = bytes(txn.get(key.encode()))
-        txn.put(key.encode(), original[:100])
+        previous = bytes(txn.get(key.encode()))
+        txn.put(key.encode(), new(previous))
     env.close()
-    return original
+    return previous
 
 
 def test_4_a_corrupt_lmdb_value_stops_with_one_line_after_saving_a_state(tmp_path, sample_images, capsys):
@@ -230,7 +231,7 @@ def test_4_a_corrupt_lmdb_value_stops_with_one_line_after_saving_a_state(tmp_pat
     sampler = ShardedEpochSampler(len(keys), num_replicas=1, rank=0, shuffle=True, seed=5)
     sampler.set_epoch(0)
     bad_key = keys[list(sampler)[2]]  # the sample of iteration 3 (batch 1)
-    original = corrupt_value(data / 'LR_bicubic_X2.lmdb', bad_key)
+    original = replace_value(data / 'LR_bicubic_X2.lmdb', bad_key, lambda png: png[:100])  # a cut-off file
     path = write(tmp_path, opt)
     capsys.readouterr()
     assert train_main(['-opt', str(path)], root=ROOT) == 3
@@ -245,10 +246,7 @@ def test_4_a_corrupt_lmdb_value_stops_with_one_line_after_saving_a_state(tmp_pat
     assert state['iter'] == 2 and state['micro_step'] == 2
     # fixed data: --auto_resume continues from the saved state
     close_lmdb_envs()  # the run's read-only handle (py-lmdb allows one per process)
-    env = lmdb.open(str(data / 'LR_bicubic_X2.lmdb'), lock=False)
-    with env.begin(write=True) as txn:
-        txn.put(bad_key.encode(), original)
-    env.close()
+    replace_value(data / 'LR_bicubic_X2.lmdb', bad_key, lambda _: original)
     assert train_main(['-opt', str(path), '--auto_resume'], root=ROOT) == 0
     assert history(root) == [1, 2, 3, 4, 5, 6]
 
