@@ -26,6 +26,10 @@ vsrkit, original, ...), best and median of each. Conditions: threads = cores; "l
 competing CPU-bound process that this benchmark starts (and stops) itself; 1 thread. ``--baseline-sizes``
 HxW:frames:pairs (default 64x64:5:3 and 180x320:5:1 — the original may take minutes there).
 ``--compare-chunks 16`` adds vsrkit with another WINDOW_CHUNK to the alternation (e.g. the former 16).
+Where the time goes: both codes' executed FLOPs are counted (one extra untimed call of each per size, with
+FlopCounterMode), and vsrkit's are priced at two rates measured under each condition, the GEMM rate and the
+attention kernel's (SDPA on the blocks' shapes: heads of 20 channels, far below the GEMM rate): the sum is the
+floor of vsrkit's work on this machine, and the original's time over it the ceiling of any arrangement of it.
 
 Usage: python benchmarks/miavsr_speed.py [--sizes 64x64:3,180x320:2 | none] [--keep 0.75,0.5,0.25]
        [--block-keep 0.9,0.75,0.5,0.25] [--reps 1]
@@ -115,6 +119,39 @@ def frame_flops(model: MIAVSR, lqs: torch.Tensor) -> tuple[float, float]:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.compute_flows(pair)
     return branches * fixed + reconstruction + counter.get_total_flops(), branches * maskable
+
+
+def _attention_flops(query: list[int], key: list[int], value: list[int], *args, **kwargs) -> int:
+    """FLOPs of CPU SDPA (not in FlopCounterMode's table): Q K^T and P V, multiply-add = 2."""
+    batch, heads, queries, channels = query
+    return 2 * batch * heads * queries * key[-2] * (channels + value[-1])
+
+
+def executed_flops(model: torch.nn.Module, lqs: torch.Tensor) -> tuple[float, float]:
+    """FLOPs one eval forward of ``model`` executes on ``lqs``, counted: (all: GEMMs, convolutions and
+    attention; of which in the fused attention kernel)."""
+    sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={sdpa: _attention_flops}) as counter:
+        model(lqs)
+    return float(counter.get_total_flops()), float(counter.get_flop_counts()['Global'].get(sdpa.default, 0))
+
+
+ATTENTION_WINDOWS = 256
+
+
+def attention_flops_per_s(model: MIAVSR, reps: int = 10) -> float:
+    """The rate of the attention kernel as the blocks call it (SDPA, float mask broadcast over windows)."""
+    heads = model.patch_align['forward_2'].layers[0].residual_group.blocks[0].attn.num_heads
+    wt, wh, ww = model.window_size
+    channels, queries = model.embed_dim // heads, wh * ww
+    q = torch.randn(ATTENTION_WINDOWS, heads, queries, channels)
+    k, v = (torch.randn(ATTENTION_WINDOWS, heads, wt * queries, channels) for _ in range(2))
+    mask = torch.randn(1, heads, queries, wt * queries)
+    F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    start = time.perf_counter()
+    for _ in range(reps):
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return reps * _attention_flops(list(q.shape), list(k.shape), list(v.shape)) / (time.perf_counter() - start)
 
 
 class CallTimer:
@@ -296,7 +333,7 @@ def load_original_class():
     return Original
 
 
-def baseline(args: argparse.Namespace, peak: float) -> None:
+def baseline(args: argparse.Namespace) -> None:
     """The original against vsrkit, alternating calls in this process (see the module docstring)."""
     Original = load_original_class()
     if Original is None:
@@ -310,13 +347,17 @@ def baseline(args: argparse.Namespace, peak: float) -> None:
           'fp32, eval, no_grad, mask on in both; alternating calls')
     chunks = [int(c) for c in args.compare_chunks.split(',') if c]
     print(f'{"LR size":8} {"t":>2} {"condition":16} {"vsrkit":10} {"pairs":>5} {"orig best":>9} {"orig med":>9} '
-          f'{"vsrkit best":>11} {"vsrkit med":>10} {"x best":>6} {"x med":>6} {"keep":>5} {"of GEMM":>7}')
+          f'{"vsrkit best":>11} {"vsrkit med":>10} {"x best":>6} {"x med":>6} {"keep":>5} {"GEMM GF/s":>9} '
+          f'{"attn GF/s":>9} {"orig %":>6} {"vsrkit %":>8} {"floor s":>7} {"ceiling x":>9}')
     for item in args.baseline_sizes.split(','):
         size, frames, pairs = (item.split(':') + ['5', '1'])[:3]
         h, w = (int(v) for v in size.split('x'))
         frames, pairs = int(frames), int(pairs)
         lqs = real_clip(frames, h, w)
-        fixed, maskable = frame_flops(ours, lqs)
+        work = {'original': executed_flops(original, lqs)[0]}
+        work['vsrkit'], vsrkit_attention = executed_flops(ours, lqs)
+        progress(f'{h}x{w}: executed GFLOP per clip: original {work["original"] / 1e9:.1f}, '
+                 f'vsrkit {work["vsrkit"] / 1e9:.1f} (attention {vsrkit_attention / 1e9:.1f})')
         for condition in conditions:
             threads = 1 if condition == 'single' else args.threads
             torch.set_num_threads(threads)
@@ -326,6 +367,8 @@ def baseline(args: argparse.Namespace, peak: float) -> None:
             times = {name: [] for name in ['original'] + [name for name, _ in contestants]}
             keep = None
             with competing_load(condition == 'loaded'), torch.no_grad():
+                gemm = gemm_flops_per_s(torch.device('cpu'), torch.float32)
+                attention = attention_flops_per_s(ours)
                 for _ in range(pairs):
                     start = time.perf_counter()
                     original(lqs)
@@ -340,17 +383,26 @@ def baseline(args: argparse.Namespace, peak: float) -> None:
                         progress(f'{h}x{w} {label}: {name} {times[name][-1]:.2f} s')
             best = {k: min(v) for k, v in times.items()}
             median = {k: statistics.median(v) for k, v in times.items()}
-            # clip FLOPs: every branch's first processed frame is computed whole, later ones at the keep ratio
-            flops = frames * fixed + (1 + (frames - 1) * keep) * maskable
+            rate = {name: work[name] / best[name] / gemm for name in ('original', 'vsrkit')}
+            # vsrkit's executed work with nothing but its GEMMs/convolutions at the GEMM rate and its attention
+            # at the attention kernel's rate: no copy, gather, norm or Python in between
+            floor = (work['vsrkit'] - vsrkit_attention) / gemm + vsrkit_attention / attention
             for name, _ in contestants:
                 print(f'{h}x{w:<5} {frames:2} {label:16} {name:10} {pairs:5} {best["original"]:9.2f} '
                       f'{median["original"]:9.2f} {best[name]:11.2f} {median[name]:10.2f} '
                       f'{best["original"] / best[name]:6.2f} {median["original"] / median[name]:6.2f} {keep:5.2f} '
-                      f'{flops / best[name] / peak:7.1%}', flush=True)
+                      f'{gemm / 1e9:9.1f} {attention / 1e9:9.1f} {rate["original"]:6.1%} '
+                      f'{work["vsrkit"] / best[name] / gemm:8.1%} {floor:7.2f} {best["original"] / floor:9.2f}',
+                      flush=True)
         torch.set_num_threads(args.threads)
-    print('seconds per clip; x: original / vsrkit (same run). of GEMM: vsrkit\'s useful FLOP rate (approximate: '
-          't steady-state frames at its keep ratio, each branch\'s first frame unmasked) / the fp32 GEMM rate '
-          'above (measured once, at --threads).')
+    print('seconds per clip; x: original / vsrkit (same run). GEMM GF/s: the fp32 2048^3 GEMM rate, attn GF/s: the '
+          'attention kernel\'s rate on the blocks\' shapes (SDPA, 256 windows, 64 queries, 192 keys, heads of '
+          'embed_dim / heads channels, float mask); both measured just before the condition, under it (threads, '
+          'load). orig % / vsrkit %: each code\'s executed FLOPs per clip (GEMMs, convolutions and attention, '
+          'counted once per size with FlopCounterMode; vsrkit\'s include the padded queries of its chunks) / its '
+          'best time, as a share of the GEMM rate. floor s: vsrkit\'s executed FLOPs at those two rates (attention '
+          'at its kernel\'s, the rest at the GEMM rate), nothing else; ceiling x: original best / floor, the most '
+          'a faster arrangement of the same work could reach on this machine.')
 
 
 def bf16_psnr(model: MIAVSR, device: torch.device) -> None:
@@ -427,7 +479,7 @@ def main() -> None:
         if bf16:
             bf16_psnr(model, device)
         if device.type == 'cpu' and args.baseline != 'off':
-            baseline(args, peaks[torch.float32])
+            baseline(args)
         if sizes:
             print(header)
         for h, w, frames in sizes:
