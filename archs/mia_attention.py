@@ -6,7 +6,9 @@ current frame and the two flow-aligned previous outputs), with a relative-positi
 (64, 192). The projections take tokens normalised without affine (:func:`normalise`): each block's ``norm1``
 affine is folded into the weights (:meth:`vsrkit.archs.mia_block.InterIntraBlock.constants`). Within a run of
 windows with one shift-mask pattern, attention is one SDPA call per WINDOW_CHUNK windows with a broadcast
-(1, heads, L, S) float mask, which keeps CPU SDPA on its fused kernel.
+(1, heads, L, S) float mask, which keeps CPU SDPA on its fused kernel. In CPU eval, a block with enough windows
+hands its chunks to single-threaded workers (:mod:`vsrkit.utils.chunk_workers`), one chunk each where
+WINDOW_CHUNK allows: they meet once per call instead of at every op's barrier.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from torch import nn
 
 from vsrkit.archs.mia_mask import MaskPredictor
 from vsrkit.archs.mia_window_layout import WindowLayout, relative_position_index
+from vsrkit.utils.chunk_workers import MIN_WINDOWS_PER_WORKER, chunk_size, chunk_workers, map_chunks
 
 # windows a block computes at a time: few, large parallel regions (a barrier stalls whenever one thread is
 # descheduled: 16 windows per chunk made a 180x320 block ~3x slower than 256 on a loaded 2-core machine,
@@ -104,9 +107,10 @@ class InterIntraWindowAttention(nn.Module):
         current: (rows, C) normalised current-frame tokens of the layout of a (shifted) block; aligned:
         (b*nW, S-L, C); kept_mask: bool (b*nW, L). Windows without a kept token are skipped (not even k/v). A
         window with at most WHOLE_WINDOW_SLACK tokens not kept is computed whole, with the broadcast mask of
-        its shift pattern. The other windows are sorted by their number of kept tokens and taken up to WINDOW_CHUNK
-        at a time (while they hold at least PARTIAL_FILL of the chunk's largest count); a chunk's queries are
+        its shift pattern. The other windows are sorted by their number of kept tokens and taken up to a chunk's
+        size at a time (while they hold at least PARTIAL_FILL of the chunk's largest count); a chunk's queries are
         each window's kept tokens, padded to the chunk's largest count, with their mask rows gathered per query.
+        Chunks: WINDOW_CHUNK windows, or one per chunk worker where that is fewer (module docstring).
         """
         out = previous.clone()
         tokens = layout.tokens
@@ -121,13 +125,16 @@ class InterIntraWindowAttention(nn.Module):
         partial = partial[torch.argsort(kept_counts[partial], descending=True, stable=True)]
         every = torch.arange(tokens, device=kept_mask.device)
         masks = consts.attn_masks.flatten(0, 1)  # (patterns * L, heads, S): a query's mask row to gather
-        computed_rows, computed_values = [], []
+        active = whole_windows.numel() + partial.numel()
+        workers = chunk_workers(active, MIN_WINDOWS_PER_WORKER, current.device)
+        limit = chunk_size(active, WINDOW_CHUNK, workers)
 
-        def attend(which: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
-                   mask: torch.Tensor | None) -> None:
-            """Queries at ``positions`` (n, l) of windows ``which``; valid: (n, l) bool, the queries that are
-            kept tokens (the others pad the chunk or are computed and dropped); mask: broadcast, or None to
-            gather per query."""
+        def attend(job: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            """(rows, values) of the queries at ``positions`` (n, l) of windows ``which``; valid: (n, l) bool, the
+            queries that are kept tokens (the others pad the chunk or are computed and dropped); mask: broadcast,
+            or None to gather per query."""
+            which, positions, valid, mask = job
             kv = self.keys_values(windows.index_select(0, which), aligned.index_select(0, which),
                                   None if key_pad is None else key_pad.index_select(0, which), consts)
             token_rows = which[:, None] * tokens + positions
@@ -136,16 +143,16 @@ class InterIntraWindowAttention(nn.Module):
                 mask = masks.index_select(0, (pattern[which, None] * tokens + positions).flatten())
                 mask = mask.view(*positions.shape, *mask.shape[1:]).transpose(1, 2)
             att = self.attend(queries, kv, consts, mask)
-            computed_rows.append(token_rows[valid])
-            computed_values.append(att[valid])
+            return token_rows[valid], att[valid]
 
+        jobs = []
         runs, sizes = torch.unique_consecutive(pattern[whole_windows], return_counts=True)
         start = 0
         for run, size in zip(runs.tolist(), sizes.tolist()):
             mask = consts.attn_masks[run].transpose(0, 1)[None]
-            for first in range(start, start + size, WINDOW_CHUNK):
-                which = whole_windows[first:min(first + WINDOW_CHUNK, start + size)]
-                attend(which, every.expand(which.numel(), -1), kept_mask.index_select(0, which), mask)
+            for first in range(start, start + size, limit):
+                which = whole_windows[first:min(first + limit, start + size)]
+                jobs.append((which, every.expand(which.numel(), -1), kept_mask.index_select(0, which), mask))
             start += size
         if partial.numel():
             # per window, its kept token positions first (in order), then the others
@@ -153,12 +160,13 @@ class InterIntraWindowAttention(nn.Module):
             counts = kept_counts[partial].tolist()  # descending
             first = 0
             while first < len(counts):
-                cap, stop = counts[first], min(first + WINDOW_CHUNK, len(counts))
+                cap, stop = counts[first], min(first + limit, len(counts))
                 # queries are padded to the chunk's largest count: end the chunk where that would waste much
                 stop = next((i for i in range(first + 1, stop) if counts[i] < PARTIAL_FILL * cap), stop)
                 which = partial[first:stop]
-                attend(which, kept_first[first:stop, :cap], every[:cap] < kept_counts[which, None], None)
+                jobs.append((which, kept_first[first:stop, :cap], every[:cap] < kept_counts[which, None], None))
                 first = stop
-        if computed_rows:
+        if jobs:
+            computed_rows, computed_values = zip(*map_chunks(attend, jobs, workers))
             out.index_copy_(0, torch.cat(computed_rows), torch.cat(computed_values).to(out.dtype))
         return out

@@ -28,6 +28,7 @@ from torch import nn
 from vsrkit.archs.mia_attention import WINDOW_CHUNK, BlockConstants, InterIntraWindowAttention, normalise
 from vsrkit.archs.mia_mask import MaskControl, keep_decision
 from vsrkit.archs.mia_window_layout import WindowLayout
+from vsrkit.utils.chunk_workers import MIN_WINDOWS_PER_WORKER, chunk_size, chunk_workers, map_chunks
 
 # eval: gather/scatter below this share of kept tokens; above, computing all and selecting is cheaper. Measured
 # (one block, 2 threads): at keep 0.6-0.9 gathering beats computing all by 5-25 % at 64x64 and 180x320 LR
@@ -74,7 +75,8 @@ class InterIntraBlock(nn.Module):
     The block runs WINDOW_CHUNK windows at a time from the norm to the MLP, so its temporaries stay bounded
     whatever the frame size while its parallel regions stay few and large (see ``mia_attention.WINDOW_CHUNK``;
     on a quiet machine 16 windows per chunk were measured ~20 % faster than 32 for the masked block — the L2
-    cache —, but under load the thousands of small regions of 16-window chunks stalled at their barriers).
+    cache —, but under load the thousands of small regions of 16-window chunks stalled at their barriers). In CPU
+    eval, with enough windows, the chunks go to single-threaded workers (``mia_attention``'s docstring).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: Sequence[int], shifted: bool, mlp_ratio: float,
@@ -149,28 +151,30 @@ class InterIntraBlock(nn.Module):
         key_pad = layout.key_pad[self.shifted]
         # per-sample stochastic depth factors, drawn once for the frame as DropPath on the whole frame would
         drop = [self.drop_path(x.new_ones(layout.batch, 1)) for _ in range(2)] if self.training else None
-        outs, attn_outs, hiddens = [], [], []
-        for start, stop, pattern in layout.groups[self.shifted]:
+        workers = chunk_workers(windows.shape[0], MIN_WINDOWS_PER_WORKER, x.device)
+        limit = chunk_size(windows.shape[0], WINDOW_CHUNK, workers)
+        chunks = [(slice(first, min(first + limit, stop)), pattern, start // layout.windows_per_sample)
+                  for start, stop, pattern in layout.groups[self.shifted] for first in range(start, stop, limit)]
+
+        def run(chunk: tuple[slice, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            win, pattern, sample = chunk
             mask = consts.attn_masks[pattern].transpose(0, 1)[None]  # (1, heads, L, S): broadcast
-            sample = start // layout.windows_per_sample
-            for first in range(start, stop, WINDOW_CHUNK):
-                win = slice(first, min(first + WINDOW_CHUNK, stop))
-                row = slice(win.start * tokens, win.stop * tokens)
-                attn_out = self.attn(windows[win], aligned[win], None if key_pad is None else key_pad[win], consts,
-                                     mask).view(-1, dim)
-                if keep_weight is not None:
-                    attn_out = _select(attn_out, state.attn_out[row], keep_weight[win],
-                                       None if kept_mask is None else kept_mask[win])
-                y = x[row] + (attn_out if drop is None else attn_out * drop[0][sample])
-                hidden = self.mlp(self.norm2(y))
-                if drop is not None:
-                    hidden = hidden * drop[1][sample]
-                if keep_weight is not None:
-                    hidden = _select(hidden, state.mlp_out[row], keep_weight[win],
-                                     None if kept_mask is None else kept_mask[win])
-                outs.append(y + hidden)
-                attn_outs.append(attn_out)
-                hiddens.append(hidden)
+            row = slice(win.start * tokens, win.stop * tokens)
+            attn_out = self.attn(windows[win], aligned[win], None if key_pad is None else key_pad[win], consts,
+                                 mask).view(-1, dim)
+            if keep_weight is not None:
+                attn_out = _select(attn_out, state.attn_out[row], keep_weight[win],
+                                   None if kept_mask is None else kept_mask[win])
+            y = x[row] + (attn_out if drop is None else attn_out * drop[0][sample])
+            hidden = self.mlp(self.norm2(y))
+            if drop is not None:
+                hidden = hidden * drop[1][sample]
+            if keep_weight is not None:
+                hidden = _select(hidden, state.mlp_out[row], keep_weight[win],
+                                 None if kept_mask is None else kept_mask[win])
+            return y + hidden, attn_out, hidden
+
+        outs, attn_outs, hiddens = zip(*map_chunks(run, chunks, workers))
         if not with_state:
             return _joined(outs), None, None
         return _joined(outs), _joined(attn_outs), _joined(hiddens)
@@ -182,8 +186,10 @@ class InterIntraBlock(nn.Module):
         attn_out = self.attn.forward_kept(current, aligned, consts, layout, self.shifted, kept_mask, state.attn_out)
         x = x + attn_out
         kept_rows = torch.nonzero(kept_mask.flatten()).squeeze(1)
-        mlp = [self.mlp(self.norm2(chunk))
-               for chunk in x.index_select(0, kept_rows).split(WINDOW_CHUNK * layout.tokens)]
+        kept = x.index_select(0, kept_rows)
+        workers = chunk_workers(kept.shape[0], MIN_WINDOWS_PER_WORKER * layout.tokens, x.device)
+        rows = chunk_size(kept.shape[0], WINDOW_CHUNK * layout.tokens, workers)
+        mlp = map_chunks(lambda chunk: self.mlp(self.norm2(chunk)), kept.split(rows), workers)
         hidden = state.mlp_out.index_copy(0, kept_rows, torch.cat(mlp).to(state.mlp_out.dtype))
         return x + hidden, attn_out, hidden
 

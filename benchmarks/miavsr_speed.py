@@ -133,7 +133,7 @@ def executed_flops(model: torch.nn.Module, lqs: torch.Tensor) -> tuple[float, fl
     sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={sdpa: _attention_flops}) as counter:
         model(lqs)
-    return float(counter.get_total_flops()), float(counter.get_flop_counts()['Global'].get(sdpa.default, 0))
+    return float(counter.get_total_flops()), float(counter.get_flop_counts()['Global'].get(sdpa, 0))
 
 
 ATTENTION_WINDOWS = 256

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 import vsrkit.archs  # noqa: F401  (registers the archs; basicsr compatibility shim before the originals' imports)
-from vsrkit.archs import mia_block
+from vsrkit.archs import mia_attention, mia_block
 from vsrkit.archs.iiavsr_arch import IIAVSR
 from vsrkit.archs.miavsr_arch import MIAVSR
 
@@ -167,10 +167,15 @@ def force_decisions(monkeypatch, original: nn.Module, ours: nn.Module) -> tuple[
     return theirs, mine
 
 
+@pytest.mark.parametrize('workers', [1, 2], ids=['one thread', 'two chunk workers'])
 @pytest.mark.parametrize('sparse', [True, False], ids=['sparse', 'dense'])
-def test_miavsr_mask_on_with_forced_decisions_equals_the_original(originals, monkeypatch, sparse):
+def test_miavsr_mask_on_with_forced_decisions_equals_the_original(originals, monkeypatch, sparse, workers):
     original, ours = build_pair(originals.mia.MIAVSR, MIAVSR, use_mask=True)
     ours.sparse_inference = sparse
+    if workers > 1:  # every call of every block handed to two single-threaded workers (utils.chunk_workers)
+        for module in (mia_attention, mia_block):
+            monkeypatch.setattr(module, 'MIN_WINDOWS_PER_WORKER', 1)
+        monkeypatch.setattr(torch, 'get_num_threads', lambda: workers)
     theirs, mine = force_decisions(monkeypatch, original, ours)
     lqs = clip()
     with torch.no_grad():

@@ -1,0 +1,45 @@
+"""vsrkit.utils.chunk_workers: chunks on single-threaded workers, with the caller's grad and autocast settings."""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from vsrkit.utils.chunk_workers import chunk_size, chunk_workers, map_chunks
+
+CPU = torch.device('cpu')
+
+
+def test_workers_only_where_results_cannot_change_and_the_work_is_worth_it(monkeypatch):
+    monkeypatch.setattr(torch, 'get_num_threads', lambda: 2)
+    with torch.no_grad():
+        assert chunk_workers(256, 128, CPU) == 2
+        assert chunk_workers(255, 128, CPU) == 1  # less than the minimum each
+        assert chunk_workers(10 ** 6, 128, torch.device('meta')) == 1  # not the CPU
+    assert chunk_workers(10 ** 6, 128, CPU) == 1  # autograd on
+    monkeypatch.setattr(torch, 'get_num_threads', lambda: 1)
+    with torch.no_grad():
+        assert chunk_workers(10 ** 6, 128, CPU) == 1
+    assert chunk_size(920, 256, 1) == 256
+    assert chunk_size(920, 256, 2) == 256
+    assert chunk_size(300, 256, 2) == 150
+
+
+def test_chunks_run_on_single_threaded_workers_in_order_without_grad_and_with_the_callers_autocast():
+    a, b = torch.randn(8, 8, requires_grad=True), torch.randn(8, 8)
+
+    def chunk(i: int) -> tuple:
+        out = (a * i) @ b
+        return i, threading.current_thread().name, torch.get_num_threads(), out.dtype, out.requires_grad
+
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        results = map_chunks(chunk, list(range(6)), 2)
+    assert [r[0] for r in results] == list(range(6))
+    assert all(name.startswith('vsrkit-chunk') for _, name, *_ in results)
+    assert {r[2:] for r in results} == {(1, torch.bfloat16, False)}
+    with torch.no_grad():
+        plain = map_chunks(chunk, [1, 2], 2)
+    assert {r[3] for r in plain} == {torch.float32}
+    # one worker: the caller itself, its settings as they are
+    assert map_chunks(chunk, [3], 2)[0][1:] == (threading.current_thread().name, torch.get_num_threads(),
+                                                  torch.float32, True)
