@@ -5,11 +5,12 @@ region ending in a barrier: small ops divide poorly between threads, and on a sh
 stalls the others at thousands of barriers per frame. Workers that each run whole chunks with one thread meet once
 per call instead.
 
-Only where it cannot change results: CPU tensors, autograd off (each worker runs its chunks under ``no_grad`` and
-the caller's CPU autocast setting, both thread-local in PyTorch). Each chunk is computed exactly as a sequential run
-would compute it with one thread. The workers are created on first use in a process (a forked child makes its own),
-as many as the caller's ``torch.get_num_threads()``; a caller at one thread, or with autograd on, runs the chunks
-itself, in order. Callers size their chunks with :func:`chunk_workers` and :func:`chunk_size`.
+Only for CPU tensors with autograd off (each worker runs its chunks under ``no_grad`` and the caller's
+inference-mode and CPU autocast settings, all thread-local in PyTorch). Each chunk is computed as a one-thread run
+would compute it: against intra-op threads, results differ by rounding only, as with any other thread count. The
+workers are created on first use in a process (a forked child makes its own), as many as the caller's
+``torch.get_num_threads()``; a caller at one thread, or with autograd on, runs the chunks itself, in order.
+Callers size their chunks with :func:`chunk_workers` and :func:`chunk_size`.
 """
 from __future__ import annotations
 
@@ -64,9 +65,10 @@ def map_chunks(fn: Callable[[Item], Result], items: Sequence[Item], workers: int
         return [fn(item) for item in items]
     autocast = torch.is_autocast_enabled('cpu')
     dtype = torch.get_autocast_dtype('cpu')
+    inference = torch.is_inference_mode_enabled()
 
     def run(item: Item) -> Result:
-        with torch.no_grad(), torch.autocast('cpu', dtype=dtype, enabled=autocast):
+        with torch.inference_mode(inference), torch.no_grad(), torch.autocast('cpu', dtype=dtype, enabled=autocast):
             return fn(item)
 
     return list(_executor(workers).map(run, items))

@@ -1,4 +1,5 @@
-"""vsrkit.utils.chunk_workers: chunks on single-threaded workers, with the caller's grad and autocast settings."""
+"""vsrkit.utils.chunk_workers: chunks on single-threaded workers, with the caller's grad, inference-mode and
+autocast settings."""
 from __future__ import annotations
 
 import threading
@@ -40,6 +41,10 @@ def test_chunks_run_on_single_threaded_workers_in_order_without_grad_and_with_th
     with torch.no_grad():
         plain = map_chunks(chunk, [1, 2], 2)
     assert {r[3] for r in plain} == {torch.float32}
+    with torch.inference_mode():  # as the upscaling pipeline runs: in-place writes to its tensors stay allowed
+        made = torch.zeros(4)
+        assert map_chunks(lambda i: (made.add_(1), torch.is_inference_mode_enabled())[1], [0, 1], 2) == [True] * 2
+    assert made.tolist() == [2.0] * 4
     # one worker: the caller itself, its settings as they are
     assert map_chunks(chunk, [3], 2)[0][1:] == (threading.current_thread().name, torch.get_num_threads(),
                                                   torch.float32, True)
