@@ -154,7 +154,7 @@ class _FlopCount(TorchDispatchMode):
 def executed_flops(model: torch.nn.Module, lqs: torch.Tensor) -> tuple[float, float]:
     """FLOPs one eval forward of ``model`` executes on ``lqs``, counted: (all: GEMMs, convolutions and
     attention; of which in the fused attention kernel)."""
-    with torch.no_grad(), _FlopCount() as counter:
+    with torch.no_grad(), _FlopCount() as counter:  # the mode keeps vsrkit's chunks off its workers (per thread)
         model(lqs)
     return float(counter.total), float(counter.attention)
 

@@ -5,8 +5,9 @@ region ending in a barrier: small ops divide poorly between threads, and on a sh
 stalls the others at thousands of barriers per frame. Workers that each run whole chunks with one thread meet once
 per call instead.
 
-Only for CPU tensors with autograd off (each worker runs its chunks under ``no_grad`` and the caller's
-inference-mode and CPU autocast settings, all thread-local in PyTorch). Each chunk is computed as a one-thread run
+Only for CPU tensors with autograd off, and never while the caller's ops are traced, exported, compiled or watched
+by a Python mode such as FlopCounterMode (all per thread). Each worker runs its chunks under ``no_grad`` and the
+caller's inference-mode and CPU autocast settings (thread-local in PyTorch). Each chunk is computed as a one-thread run
 would compute it: against intra-op threads, results differ by rounding only, as with any other thread count. The
 workers are created on first use in a process (a forked child makes its own), as many as the caller's
 ``torch.get_num_threads()``; a caller at one thread, or with autograd on, runs the chunks itself, in order.
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 Item = TypeVar('Item')
 Result = TypeVar('Result')
@@ -49,9 +51,16 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 def chunk_workers(items: int, minimum: int, device: torch.device) -> int:
     """Workers for a call with ``items`` units of work (1: the caller itself): one per intra-op thread, on the
     CPU with autograd off, where each gets at least ``minimum`` units."""
-    if device.type != 'cpu' or torch.is_grad_enabled():
+    if device.type != 'cpu' or torch.is_grad_enabled() or _recorded():
         return 1
     return max(1, min(torch.get_num_threads(), items // minimum))
+
+
+def _recorded() -> bool:
+    """Whether the caller's ops are being traced, exported, compiled or watched by a Python mode (FLOP counters,
+    debug modes): all of these are per thread and would miss the ops the workers run."""
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+            or torch._C._len_torch_function_stack() > 0 or _get_current_dispatch_mode() is not None)
 
 
 def chunk_size(items: int, cap: int, workers: int) -> int:

@@ -6,6 +6,9 @@ import threading
 
 import torch
 
+from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
+
 from vsrkit.utils.chunk_workers import chunk_size, chunk_workers, map_chunks
 
 CPU = torch.device('cpu')
@@ -48,3 +51,16 @@ def test_chunks_run_on_single_threaded_workers_in_order_without_grad_and_with_th
     # one worker: the caller itself, its settings as they are
     assert map_chunks(chunk, [3], 2)[0][1:] == (threading.current_thread().name, torch.get_num_threads(),
                                                   torch.float32, True)
+
+
+def test_no_workers_while_the_callers_ops_are_watched_or_traced(monkeypatch):
+    """Modes, tracing and export are per thread: ops on a worker would escape them (a FLOP count, an ONNX graph)."""
+    monkeypatch.setattr(torch, 'get_num_threads', lambda: 2)
+    with torch.no_grad():
+        assert chunk_workers(10 ** 6, 128, CPU) == 2
+        with FlopCounterMode(display=False):
+            assert chunk_workers(10 ** 6, 128, CPU) == 1
+        with TorchFunctionMode():
+            assert chunk_workers(10 ** 6, 128, CPU) == 1
+        traced = torch.jit.trace(lambda x: x + chunk_workers(10 ** 6, 128, CPU), torch.zeros(1))
+    assert traced(torch.zeros(1)).item() == 1
