@@ -130,8 +130,8 @@ def _attention_flops(query: list[int], key: list[int], value: list[int], *args, 
 
 
 class _FlopCount(TorchDispatchMode):
-    """Sums the FLOPs of the ops in torch's FLOP table (and CPU SDPA) as they run. FlopCounterMode's module
-    tracking held enough of the original's tensors at 180x320 to run a 24 GB machine out of memory."""
+    """Sums the FLOPs of the ops in torch's FLOP table (and CPU SDPA, which the table lacks) as they run, without
+    FlopCounterMode's per-module tracking."""
 
     def __init__(self) -> None:
         super().__init__()
