@@ -21,7 +21,7 @@ from torch import nn
 
 from vsrkit.archs.mia_mask import MaskPredictor
 from vsrkit.archs.mia_window_layout import WindowLayout, relative_position_index
-from vsrkit.utils.chunk_workers import MIN_WINDOWS_PER_WORKER, chunk_size, chunk_workers, map_chunks
+from vsrkit.utils.chunk_workers import MIN_WINDOWS_PER_WORKER, chunk_plan, map_chunks
 
 # windows a block computes at a time: few, large parallel regions (a barrier stalls whenever one thread is
 # descheduled: 16 windows per chunk made a 180x320 block ~3x slower than 256 on a loaded 2-core machine,
@@ -126,8 +126,7 @@ class InterIntraWindowAttention(nn.Module):
         every = torch.arange(tokens, device=kept_mask.device)
         masks = consts.attn_masks.flatten(0, 1)  # (patterns * L, heads, S): a query's mask row to gather
         active = whole_windows.numel() + partial.numel()
-        workers = chunk_workers(active, MIN_WINDOWS_PER_WORKER, current.device)
-        limit = chunk_size(active, WINDOW_CHUNK, workers)
+        workers, limit = chunk_plan(active, WINDOW_CHUNK, MIN_WINDOWS_PER_WORKER, current.device)
 
         def attend(job: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
                    ) -> tuple[torch.Tensor, torch.Tensor]:

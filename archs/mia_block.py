@@ -28,7 +28,7 @@ from torch import nn
 from vsrkit.archs.mia_attention import WINDOW_CHUNK, BlockConstants, InterIntraWindowAttention, normalise
 from vsrkit.archs.mia_mask import MaskControl, keep_decision
 from vsrkit.archs.mia_window_layout import WindowLayout
-from vsrkit.utils.chunk_workers import MIN_WINDOWS_PER_WORKER, chunk_size, chunk_workers, map_chunks
+from vsrkit.utils.chunk_workers import MIN_WINDOWS_PER_WORKER, chunk_plan, map_chunks
 
 # eval: gather/scatter below this share of kept tokens; above, computing all and selecting is cheaper. Measured
 # (one block, 2 threads): at keep 0.6-0.9 gathering beats computing all by 5-25 % at 64x64 and 180x320 LR
@@ -151,8 +151,7 @@ class InterIntraBlock(nn.Module):
         key_pad = layout.key_pad[self.shifted]
         # per-sample stochastic depth factors, drawn once for the frame as DropPath on the whole frame would
         drop = [self.drop_path(x.new_ones(layout.batch, 1)) for _ in range(2)] if self.training else None
-        workers = chunk_workers(windows.shape[0], MIN_WINDOWS_PER_WORKER, x.device)
-        limit = chunk_size(windows.shape[0], WINDOW_CHUNK, workers)
+        workers, limit = chunk_plan(windows.shape[0], WINDOW_CHUNK, MIN_WINDOWS_PER_WORKER, x.device)
         chunks = [(slice(first, min(first + limit, stop)), pattern, start // layout.windows_per_sample)
                   for start, stop, pattern in layout.groups[self.shifted] for first in range(start, stop, limit)]
 
@@ -187,8 +186,8 @@ class InterIntraBlock(nn.Module):
         x = x + attn_out
         kept_rows = torch.nonzero(kept_mask.flatten()).squeeze(1)
         kept = x.index_select(0, kept_rows)
-        workers = chunk_workers(kept.shape[0], MIN_WINDOWS_PER_WORKER * layout.tokens, x.device)
-        rows = chunk_size(kept.shape[0], WINDOW_CHUNK * layout.tokens, workers)
+        workers, rows = chunk_plan(kept.shape[0], WINDOW_CHUNK * layout.tokens, MIN_WINDOWS_PER_WORKER * layout.tokens,
+                                   x.device)
         mlp = map_chunks(lambda chunk: self.mlp(self.norm2(chunk)), kept.split(rows), workers)
         hidden = state.mlp_out.index_copy(0, kept_rows, torch.cat(mlp).to(state.mlp_out.dtype))
         return x + hidden, attn_out, hidden

@@ -123,8 +123,8 @@ def frame_flops(model: MIAVSR, lqs: torch.Tensor) -> tuple[float, float]:
     return branches * fixed + reconstruction + counter.get_total_flops(), branches * maskable
 
 
-def _attention_flops(query: list[int], key: list[int], value: list[int], *args, **kwargs) -> int:
-    """FLOPs of CPU SDPA (not in FlopCounterMode's table): Q K^T and P V, multiply-add = 2."""
+def _attention_flops(query: list[int], key: list[int], value: list[int]) -> int:
+    """FLOPs of CPU SDPA (not in torch's FLOP table) from the q, k, v shapes: Q K^T and P V, multiply-add = 2."""
     batch, heads, queries, channels = query
     return 2 * batch * heads * queries * key[-2] * (channels + value[-1])
 

@@ -11,7 +11,7 @@ caller's inference-mode and CPU autocast settings (thread-local in PyTorch). Eac
 would compute it: against intra-op threads, results differ by rounding only, as with any other thread count. The
 workers are created on first use in a process (a forked child makes its own), as many as the caller's
 ``torch.get_num_threads()``; a caller at one thread, or with autograd on, runs the chunks itself, in order.
-Callers size their chunks with :func:`chunk_workers` and :func:`chunk_size`.
+Callers size their chunks with :func:`chunk_plan`.
 """
 from __future__ import annotations
 
@@ -48,12 +48,15 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool[2]
 
 
-def chunk_workers(items: int, minimum: int, device: torch.device) -> int:
-    """Workers for a call with ``items`` units of work (1: the caller itself): one per intra-op thread, on the
-    CPU with autograd off, where each gets at least ``minimum`` units."""
+def chunk_plan(items: int, cap: int, minimum: int, device: torch.device) -> tuple[int, int]:
+    """(workers, units per chunk) for a call with ``items`` units of work. Workers: one per intra-op thread, on
+    the CPU with autograd off and nothing recording the caller's ops, where each gets at least ``minimum`` units;
+    else 1 (the caller itself). Chunks: ``cap`` units for the caller alone; with workers, one chunk each where
+    ``cap`` allows."""
     if device.type != 'cpu' or torch.is_grad_enabled() or _recorded():
-        return 1
-    return max(1, min(torch.get_num_threads(), items // minimum))
+        return 1, cap
+    workers = max(1, min(torch.get_num_threads(), items // minimum))
+    return workers, cap if workers == 1 else max(1, min(cap, math.ceil(items / workers)))
 
 
 def _recorded() -> bool:
@@ -61,11 +64,6 @@ def _recorded() -> bool:
     debug modes): all of these are per thread and would miss the ops the workers run."""
     return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
             or torch._C._len_torch_function_stack() > 0 or _get_current_dispatch_mode() is not None)
-
-
-def chunk_size(items: int, cap: int, workers: int) -> int:
-    """Units per chunk: ``cap`` for the caller alone; with workers, one chunk each where ``cap`` allows."""
-    return cap if workers == 1 else max(1, min(cap, math.ceil(items / workers)))
 
 
 def map_chunks(fn: Callable[[Item], Result], items: Sequence[Item], workers: int) -> list[Result]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import threading
 
 import torch
-
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from vsrkit.utils.chunk_workers import chunk_size, chunk_workers, map_chunks
+from vsrkit.utils.chunk_workers import chunk_plan, map_chunks
 
 CPU = torch.device('cpu')
 
@@ -17,16 +16,16 @@ CPU = torch.device('cpu')
 def test_workers_only_where_results_cannot_change_and_the_work_is_worth_it(monkeypatch):
     monkeypatch.setattr(torch, 'get_num_threads', lambda: 2)
     with torch.no_grad():
-        assert chunk_workers(256, 128, CPU) == 2
-        assert chunk_workers(255, 128, CPU) == 1  # less than the minimum each
-        assert chunk_workers(10 ** 6, 128, torch.device('meta')) == 1  # not the CPU
-    assert chunk_workers(10 ** 6, 128, CPU) == 1  # autograd on
+        assert chunk_plan(256, 256, 128, CPU) == (2, 128)
+        assert chunk_plan(255, 256, 128, CPU) == (1, 256)  # less than the minimum each
+        assert chunk_plan(10 ** 6, 256, 128, torch.device('meta')) == (1, 256)  # not the CPU
+        assert chunk_plan(920, 256, 128, CPU) == (2, 256)
+        assert chunk_plan(300, 256, 128, CPU) == (2, 150)
+    assert chunk_plan(10 ** 6, 256, 128, CPU) == (1, 256)  # autograd on
     monkeypatch.setattr(torch, 'get_num_threads', lambda: 1)
     with torch.no_grad():
-        assert chunk_workers(10 ** 6, 128, CPU) == 1
-    assert chunk_size(920, 256, 1) == 256
-    assert chunk_size(920, 256, 2) == 256
-    assert chunk_size(300, 256, 2) == 150
+        assert chunk_plan(10 ** 6, 256, 128, CPU) == (1, 256)
+        assert chunk_plan(920, 256, 128, CPU) == (1, 256)
 
 
 def test_chunks_run_on_single_threaded_workers_in_order_without_grad_and_with_the_callers_autocast():
@@ -57,10 +56,10 @@ def test_no_workers_while_the_callers_ops_are_watched_or_traced(monkeypatch):
     """Modes, tracing and export are per thread: ops on a worker would escape them (a FLOP count, an ONNX graph)."""
     monkeypatch.setattr(torch, 'get_num_threads', lambda: 2)
     with torch.no_grad():
-        assert chunk_workers(10 ** 6, 128, CPU) == 2
+        assert chunk_plan(10 ** 6, 256, 128, CPU)[0] == 2
         with FlopCounterMode(display=False):
-            assert chunk_workers(10 ** 6, 128, CPU) == 1
+            assert chunk_plan(10 ** 6, 256, 128, CPU)[0] == 1
         with TorchFunctionMode():
-            assert chunk_workers(10 ** 6, 128, CPU) == 1
-        traced = torch.jit.trace(lambda x: x + chunk_workers(10 ** 6, 128, CPU), torch.zeros(1))
+            assert chunk_plan(10 ** 6, 256, 128, CPU)[0] == 1
+        traced = torch.jit.trace(lambda x: x + chunk_plan(10 ** 6, 256, 128, CPU)[0], torch.zeros(1))
     assert traced(torch.zeros(1)).item() == 1
