@@ -21,12 +21,16 @@ from torch import nn
 
 from vsrkit.archs.mia_mask import MaskPredictor
 from vsrkit.archs.mia_window_layout import WindowLayout, relative_position_index
-from vsrkit.utils.chunk_workers import MIN_WINDOWS_PER_WORKER, chunk_plan, map_chunks
+from vsrkit.utils.chunk_workers import chunk_plan, map_chunks
 
 # windows a block computes at a time: few, large parallel regions (a barrier stalls whenever one thread is
 # descheduled: 16 windows per chunk made a 180x320 block ~3x slower than 256 on a loaded 2-core machine,
 # benchmarks/miavsr_speed.py); temporaries stay bounded (~50 MB of keys/values at the REDS width)
 WINDOW_CHUNK = 256
+# windows a worker must get for the chunk workers to pay (vsrkit.utils.chunk_workers). Measured, MIA-VSR eval,
+# 2 cores: chunks of 32 windows (64x64 LR) 12 % slower than one thread team on a quiet machine; chunks of 256
+# windows (180x320) on par quiet and 1.6x faster beside a busy process
+MIN_WINDOWS_PER_WORKER = 128
 PARTIAL_FILL = 0.75  # sparse path: a chunk of partly kept windows holds windows of >= this share of its largest
 WHOLE_WINDOW_SLACK = 8  # sparse path: a window missing at most this many kept tokens is computed whole
 

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-from vsrkit.archs.mia_attention import WINDOW_CHUNK, BlockConstants, InterIntraWindowAttention, normalise
+from vsrkit.archs.mia_attention import (MIN_WINDOWS_PER_WORKER, WINDOW_CHUNK, BlockConstants,
+                                       InterIntraWindowAttention, normalise)
 from vsrkit.archs.mia_mask import MaskControl, keep_decision
 from vsrkit.archs.mia_window_layout import WindowLayout
-from vsrkit.utils.chunk_workers import MIN_WINDOWS_PER_WORKER, chunk_plan, map_chunks
+from vsrkit.utils.chunk_workers import chunk_plan, map_chunks
 
 # eval: gather/scatter below this share of kept tokens; above, computing all and selecting is cheaper. Measured
 # (one block, 2 threads): at keep 0.6-0.9 gathering beats computing all by 5-25 % at 64x64 and 180x320 LR

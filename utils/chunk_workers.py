@@ -11,7 +11,8 @@ caller's inference-mode and CPU autocast settings (thread-local in PyTorch). Eac
 would compute it: against intra-op threads, results differ by rounding only, as with any other thread count. The
 workers are created on first use in a process (a forked child makes its own), as many as the caller's
 ``torch.get_num_threads()``; a caller at one thread, or with autograd on, runs the chunks itself, in order.
-Callers size their chunks with :func:`chunk_plan`.
+Callers size their chunks with :func:`chunk_plan`, giving the least work per worker that pays for handing chunks
+over (~1 ms a chunk: the GIL between the ops of two threads).
 """
 from __future__ import annotations
 
@@ -27,10 +28,6 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 Item = TypeVar('Item')
 Result = TypeVar('Result')
 
-# items a worker must get for the workers to be worth it: handing chunks over costs ~1 ms a chunk (the GIL between
-# the ops of two threads). Measured, MIA-VSR eval, 2 cores: chunks of 32 windows (64x64 LR) 12 % slower than one
-# thread team on a quiet machine; chunks of 256 windows (180x320) on par quiet and 1.6x faster beside a busy process
-MIN_WINDOWS_PER_WORKER = 128
 _lock = threading.Lock()
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
 
