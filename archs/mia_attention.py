@@ -7,8 +7,9 @@ current frame and the two flow-aligned previous outputs), with a relative-positi
 affine is folded into the weights (:meth:`vsrkit.archs.mia_block.InterIntraBlock.constants`). Within a run of
 windows with one shift-mask pattern, attention is one SDPA call per WINDOW_CHUNK windows with a broadcast
 (1, heads, L, S) float mask, which keeps CPU SDPA on its fused kernel. In CPU eval, a block with enough windows
-hands its chunks to single-threaded workers (:mod:`vsrkit.utils.chunk_workers`), one chunk each where
-WINDOW_CHUNK allows: they meet once per call instead of at every op's barrier.
+hands its chunks to single-threaded workers (:mod:`vsrkit.utils.chunk_workers`), as many chunks of at most
+WINDOW_CHUNK windows as a multiple of the workers, the costliest first: they meet once per call instead of at every
+op's barrier.
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ class InterIntraWindowAttention(nn.Module):
         its shift pattern. The other windows are sorted by their number of kept tokens and taken up to a chunk's
         size at a time (while they hold at least PARTIAL_FILL of the chunk's largest count); a chunk's queries are
         each window's kept tokens, padded to the chunk's largest count, with their mask rows gathered per query.
-        Chunks: WINDOW_CHUNK windows, or one per chunk worker where that is fewer (module docstring).
+        Chunks: at most WINDOW_CHUNK windows, evened out between the chunk workers (module docstring).
         """
         out = previous.clone()
         tokens = layout.tokens
@@ -170,6 +171,10 @@ class InterIntraWindowAttention(nn.Module):
                 jobs.append((which, kept_first[first:stop, :cap], every[:cap] < kept_counts[which, None], None))
                 first = stop
         if jobs:
-            computed_rows, computed_values = zip(*map_chunks(attend, jobs, workers))
+            # FLOPs of a job over 4C: keys/values of its windows' S tokens, q/proj/attention of its queries
+            keys = aligned.shape[1] + tokens
+            costs = [which.numel() * (keys * self.dim + positions.shape[1] * (self.dim + keys))
+                     for which, positions, _, _ in jobs]
+            computed_rows, computed_values = zip(*map_chunks(attend, jobs, workers, costs))
             out.index_copy_(0, torch.cat(computed_rows), torch.cat(computed_values).to(out.dtype))
         return out

@@ -174,7 +174,8 @@ class InterIntraBlock(nn.Module):
                                  None if kept_mask is None else kept_mask[win])
             return y + hidden, attn_out, hidden
 
-        outs, attn_outs, hiddens = zip(*map_chunks(run, chunks, workers))
+        sizes = [win.stop - win.start for win, _, _ in chunks]
+        outs, attn_outs, hiddens = zip(*map_chunks(run, chunks, workers, sizes))
         if not with_state:
             return _joined(outs), None, None
         return _joined(outs), _joined(attn_outs), _joined(hiddens)

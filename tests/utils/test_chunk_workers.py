@@ -19,7 +19,9 @@ def test_workers_only_where_results_cannot_change_and_the_work_is_worth_it(monke
         assert chunk_plan(256, 256, 128, CPU) == (2, 128)
         assert chunk_plan(255, 256, 128, CPU) == (1, 256)  # less than the minimum each
         assert chunk_plan(10 ** 6, 256, 128, torch.device('meta')) == (1, 256)  # not the CPU
-        assert chunk_plan(920, 256, 128, CPU) == (2, 256)
+        assert chunk_plan(920, 256, 128, CPU) == (2, 230)  # four even chunks, not 256, 256, 256, 152
+        assert chunk_plan(1024, 256, 128, CPU) == (2, 256)
+        assert chunk_plan(10 ** 6, 256, 128, CPU) == (2, 256)  # 3908 chunks of at most 256
         assert chunk_plan(300, 256, 128, CPU) == (2, 150)
     assert chunk_plan(10 ** 6, 256, 128, CPU) == (1, 256)  # autograd on
     monkeypatch.setattr(torch, 'get_num_threads', lambda: 1)
@@ -63,3 +65,18 @@ def test_no_workers_while_the_callers_ops_are_watched_or_traced(monkeypatch):
             assert chunk_plan(10 ** 6, 256, 128, CPU)[0] == 1
         traced = torch.jit.trace(lambda x: x + chunk_plan(10 ** 6, 256, 128, CPU)[0], torch.zeros(1))
     assert traced(torch.zeros(1)).item() == 1
+
+
+def test_costliest_chunks_go_first_and_results_keep_the_items_order():
+    """Workers take the costliest chunks first (the small ones even out the end); results come back in order."""
+    started, lock = [], threading.Lock()
+
+    def chunk(i: int) -> int:
+        with lock:
+            started.append(i)
+        return i * 10
+
+    with torch.no_grad():
+        results = map_chunks(chunk, list(range(6)), 2, costs=[1, 6, 2, 5, 3, 4])
+    assert results == [0, 10, 20, 30, 40, 50]
+    assert set(started[:2]) == {1, 3} and set(started[-2:]) == {0, 2}
