@@ -23,8 +23,10 @@ it): the original MIA-VSR code (LabShuHangGU/MIA-VSR, CPU-patched; a benchmark f
 library) with seed-0 random weights at the REDS configuration, vsrkit's MIAVSR with the same state dict
 (loaded strictly), the same real input, both with their mask on; calls alternate in this one process (original,
 vsrkit, original, ...), best and median of each. Conditions: threads = cores; "loaded": the same with a
-competing CPU-bound process that this benchmark starts (and stops) itself; 1 thread. ``--baseline-sizes``
-HxW:frames:pairs (default 64x64:5:3 and 180x320:5:1 — the original may take minutes there).
+competing CPU-bound process that this benchmark starts (and stops) itself (vsrkit as it runs by default: its
+branches take one thread fewer per CPU the other process takes, vsrkit.utils.cpu_load; the original keeps its
+threads); 1 thread. ``--baseline-sizes`` HxW:frames:pairs
+(default 64x64:5:3 and 180x320:5:1 — the original may take minutes there).
 ``--compare-chunks 16`` adds vsrkit with another WINDOW_CHUNK to the alternation (e.g. the former 16).
 Where the time goes: both codes' executed FLOPs are counted (one extra untimed call of each per size, with
 torch's FLOP formulas; the original's only up to ``--count-original`` LR pixels, 64x64 by default: counting held

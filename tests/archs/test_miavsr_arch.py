@@ -22,6 +22,18 @@ from vsrkit.archs.mia_window_layout import WindowLayout
 from vsrkit.archs.miavsr_arch import MIAVSR
 from vsrkit.utils.registry import ARCH_REGISTRY
 
+
+class StubLoad:
+    """An OtherLoad that reports ``others`` busy CPUs of two."""
+
+    cpus = [0, 1]
+
+    def __init__(self, others: float) -> None:
+        self.others = others
+
+    def since_last(self) -> float:
+        return self.others
+
 TINY = dict(mid_channels=8, embed_dim=12, depths=(2,), num_heads=(2,), drop_path_rate=0.0)
 
 
@@ -508,3 +520,32 @@ def test_a_branch_step_releases_the_states_it_replaces():
         _, new_states, _ = branch(features.flip(1), states, MaskControl(), layout, constants, False)
     assert states == [None, None]
     assert all(new is not old for new, old in zip(new_states, previous))
+
+
+def test_miavsr_cpu_inference_runs_its_branches_with_fewer_threads_beside_a_busy_process(monkeypatch):
+    """Where its frames are too small for chunk workers, the network reads the load once per branch; the output is
+    the same function (rounding only)."""
+    torch.manual_seed(0)
+    model = MIAVSR(**TINY).eval()
+    lqs = clip_frames(3, (16, 16))
+    seen = []
+    model.apply(lambda m: m.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+                if isinstance(m, InterIntraBlock) else None)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            monkeypatch.setattr(mia_network, 'OtherLoad', lambda: StubLoad(0.0))
+            quiet = model(lqs)
+            assert set(seen) == {2}
+            seen.clear()
+            monkeypatch.setattr(mia_network, 'OtherLoad', lambda: StubLoad(1.0))
+            loaded = model(lqs)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        torch.testing.assert_close(loaded, quiet, atol=1e-5, rtol=0)
+        with torch.no_grad():  # frames with windows enough for chunk workers keep every thread (they do not stall)
+            assert mia_network._load_reader(WindowLayout(1, 180, 320, (3, 8, 8), torch.device('cpu'))) is None
+            assert mia_network._load_reader(WindowLayout(1, 64, 64, (3, 8, 8), torch.device('cpu'))) is not None
+        assert mia_network._load_reader(WindowLayout(1, 64, 64, (3, 8, 8), torch.device('cpu'))) is None  # grad on
+    finally:
+        torch.set_num_threads(before)
