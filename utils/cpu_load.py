@@ -46,8 +46,9 @@ class OtherLoad:
         for line in lines:
             name, *fields = line.split()
             if name in wanted:
-                user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-                busy += user + nice + system + irq + softirq + steal  # steal: the hypervisor gave the CPU away
+                # not steal: a hypervisor's other guests come and go with the host, not with this machine's work
+                user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+                busy += user + nice + system + irq + softirq
         return time.monotonic(), busy / os.sysconf('SC_CLK_TCK'), time.process_time()
 
     def since_last(self) -> float | None:

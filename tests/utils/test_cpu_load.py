@@ -54,7 +54,7 @@ def test_threads_beside_load_sets_and_restores_the_callers_count(monkeypatch):
 
 @linux
 def test_other_load_sees_a_busy_process_but_not_this_ones_own_work():
-    """Differences between windows, so that a host's background load (steal included) cancels out."""
+    """Differences between windows, so that a machine's background load cancels out."""
     load = OtherLoad()
     time.sleep(0.6)
     idle = load.since_last()
