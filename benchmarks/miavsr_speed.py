@@ -320,7 +320,8 @@ def competing_load(active: bool):
     if not active:
         yield
         return
-    load = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+    # busy until stopped, or until this process is gone (reparented), so that a killed benchmark leaves no load behind
+    load = subprocess.Popen([sys.executable, '-c', 'import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass'])
     try:
         time.sleep(0.5)
         yield
