@@ -54,10 +54,11 @@ class OtherLoad:
     def since_last(self) -> float | None:
         """Busy CPUs of other processes (0 .. len(cpus)) since the previous reading, which this one replaces;
         None where unknown or when the window is shorter than MIN_WINDOW (the previous reading is kept)."""
-        now, last = self._reading(), self._last
-        if now is None or last is None:
+        last = self._last
+        if last is None or time.monotonic() - last[0] < MIN_WINDOW:
             return None
-        if now[0] - last[0] < MIN_WINDOW:
+        now = self._reading()
+        if now is None:
             return None
         self._last = now
         return max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])
