@@ -197,7 +197,7 @@ class RecurrentInterIntraVSR(nn.Module):
         self.use_mask = use_mask
         self.gumbel_noise = gumbel_noise
         self.mask_temperature = mask_temperature
-        self.sparse_inference = True
+        self.sparse_inference: bool | None = None  # None: where it pays (sparse_pays)
         self.forced_keep_ratio: float | None = None
 
         self.conv_before_upsample = nn.Conv2d(embed_dim, mid_channels, 3, 1, 1)
@@ -227,11 +227,12 @@ class RecurrentInterIntraVSR(nn.Module):
             self._layout = layout = WindowLayout(batch, height, width, self.window_size, device)
         return layout
 
-    def mask_control(self) -> MaskControl:
+    def mask_control(self, device: torch.device) -> MaskControl:
+        """This call's mask settings, for frames on ``device`` (``sparse_inference`` None: :func:`sparse_pays`)."""
         if self.forced_keep_ratio is not None and not 0.0 <= self.forced_keep_ratio <= 1.0:
             raise ValueError(f'forced_keep_ratio must be in [0, 1] or None, got {self.forced_keep_ratio}')
-        return MaskControl(self.use_mask, self.gumbel_noise, self.mask_temperature, self.sparse_inference,
-                           self.forced_keep_ratio)
+        sparse = sparse_pays(device) if self.sparse_inference is None else self.sparse_inference
+        return MaskControl(self.use_mask, self.gumbel_noise, self.mask_temperature, sparse, self.forced_keep_ratio)
 
     def compute_flows(self, lqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(flows_backward, flows_forward), each (n, t-1, 2, h, w): backward[:, i] warps frame i+1 onto frame
@@ -295,7 +296,7 @@ class RecurrentInterIntraVSR(nn.Module):
         hp, wp = padded.shape[-2:]
         layout = self.window_layout(n, hp, wp, padded.device)
         load = _load_reader(layout)
-        control = self.mask_control()
+        control = self.mask_control(padded.device)
         spatial = self.conv_first(padded.flatten(0, 1)).view(n, t, -1, hp, wp).unbind(1)
         if t > 1:
             flows_backward, flows_forward = self.compute_flows(padded)
@@ -314,6 +315,16 @@ class RecurrentInterIntraVSR(nn.Module):
         if t == 1 or not (control.use_mask and self.has_mask_predictor):
             return out, None
         return out, torch.stack([torch.stack([torch.stack(step) for step in ratios]) for ratios in all_ratios])
+
+
+def sparse_pays(device: torch.device) -> bool:
+    """Whether computing only the kept tokens (gather/scatter) beats computing every token and selecting, as
+    measured with benchmarks/miavsr_speed.py --compare-dense (same weights and clip, alternating calls, 1x5x3x64x64
+    unless said): on the CPU in fp32 it does (8.21 against 8.72 s, 2 threads); under CPU bf16 autocast it does not
+    (10.00 against 5.98 s on AMX, whose GEMMs are so cheap that the gathers, scatters and casts cost more than the
+    work they save); on CUDA it never does (H200: fp32 1.51 against 0.80 s, and 3.52 against 2.39 s at 180x320;
+    bf16 autocast 1.98 against 1.20 s), as each gather there is several kernel launches and a host sync."""
+    return device.type == 'cpu' and not torch.is_autocast_enabled('cpu')
 
 
 def _load_reader(layout: WindowLayout) -> OtherLoad | None:

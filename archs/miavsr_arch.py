@@ -53,10 +53,11 @@ class MIAVSR(RecurrentInterIntraVSR):
         skip: upscaling added to the reconstruction: 'bilinear' (the original; checkpoints expect it) or
             'bicubic' (the last conv then starts at zero, so an untrained net outputs bicubic upscaling).
 
-    Runtime attributes: ``sparse_inference`` (default True: in eval a block that keeps less than
+    Runtime attributes: ``sparse_inference`` (True: in eval a block that keeps less than
     ``mia_block.SPARSE_BELOW`` (95%) of its tokens computes only those, above that computing all and selecting
-    is cheaper; False always computes all
-    tokens and selects, the dense reference), ``forced_keep_ratio`` (None, or a fraction: in eval keep that
+    is cheaper; False always computes all tokens and selects, the dense reference; None, the default: sparse
+    where it pays, on the CPU in fp32, and dense on CUDA and under autocast, as measured:
+    ``mia_network.sparse_pays``), ``forced_keep_ratio`` (None, or a fraction: in eval keep that
     share of each sample's tokens with the highest logits, e.g. to benchmark untrained weights).
 
     forward(lqs, return_keep_ratios=False): lqs (n, t, C, h, w) -> (n, t, C, 4h, 4w); with

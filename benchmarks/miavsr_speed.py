@@ -25,9 +25,15 @@ library) with seed-0 random weights at the REDS configuration, vsrkit's MIAVSR w
 vsrkit, original, ...), best and median of each. Conditions: threads = cores; "loaded": the same with a
 competing CPU-bound process that this benchmark starts (and stops) itself (vsrkit as it runs by default: its
 branches take one thread fewer per CPU the other process takes, vsrkit.utils.cpu_load; the original keeps its
-threads); 1 thread. ``--baseline-sizes`` HxW:frames:pairs
+threads); 1 thread; "bf16" (where bf16 rows are on): vsrkit under bf16 autocast against the original as it runs,
+which is fp32 (as published it fails under autocast and with cast weights; the run says why), with the PSNR of
+vsrkit's bf16 output against its fp32 output. ``--baseline-sizes`` HxW:frames:pairs
 (default 64x64:5:3 and 180x320:5:1 — the original may take minutes there).
-``--compare-chunks 16`` adds vsrkit with another WINDOW_CHUNK to the alternation (e.g. the former 16).
+``--compare-chunks 16`` adds vsrkit with another WINDOW_CHUNK to the alternation (e.g. the former 16);
+``--compare-paths`` adds vsrkit with its sparse path forced on and off (its default chooses per device and dtype).
+On CUDA (``--devices``), the baseline is one table per precision instead (``--cuda-precisions fp32,bf16,fp16``):
+one warm-up call of each code, then alternating calls, with peak GPU memory and the PSNR of each output against the
+original's fp32 output.
 Where the time goes: both codes' executed FLOPs are counted (one extra untimed call of each per size, with
 torch's FLOP formulas; the original's only up to ``--count-original`` LR pixels, 64x64 by default: counting held
 more than 24 GB at 180x320), and vsrkit's are priced at two rates measured under each condition, the GEMM rate and the
@@ -37,8 +43,9 @@ floor of vsrkit's work on this machine, and the original's time over it the ceil
 Usage: python benchmarks/miavsr_speed.py [--sizes 64x64:3,180x320:2 | none] [--keep 0.75,0.5,0.25]
        [--block-keep 0.9,0.75,0.5,0.25] [--reps 1]
        [--threads N] [--weights checkpoint.pth] [--bf16] [--baseline auto|off|only]
-       [--baseline-sizes 64x64:5:3,180x320:5:1] [--baseline-conditions threads,loaded,single]
-       [--compare-chunks 16] [--freed-memory retain|default]
+       [--baseline-sizes 64x64:5:3,180x320:5:1] [--baseline-conditions threads,loaded,single,bf16]
+       [--compare-chunks 16] [--compare-paths] [--devices cpu,cuda] [--cuda-precisions fp32,bf16,fp16]
+       [--freed-memory retain|default]
 
 The allocator matters to both codes: glibc by default returns large freed blocks to the kernel, and the next
 large tensor is page-faulted in again; vsrkit's entry points make glibc keep freed memory
@@ -48,6 +55,7 @@ calls as much as for vsrkit's.
 from __future__ import annotations
 
 import argparse
+import copy
 import glob
 import importlib.util
 import math
@@ -72,6 +80,7 @@ from vsrkit.archs.mia_mask import MaskControl, keep_decision
 from vsrkit.archs.mia_network import MIN_FLOW_SIZE
 from vsrkit.archs.miavsr_arch import MIAVSR
 from vsrkit.utils.cpu_allocator import retain_freed_memory
+from vsrkit.utils.precision import autocast_for
 
 
 def real_clip(frames: int, height: int, width: int) -> torch.Tensor:
@@ -85,6 +94,8 @@ def real_clip(frames: int, height: int, width: int) -> torch.Tensor:
 
 
 def gemm_flops_per_s(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    if device.type == 'cuda':  # a GPU finishes 2048^3 in tens of microseconds: time enough work to measure
+        n, reps = 8192, 20
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     _sync(device)
@@ -145,10 +156,11 @@ class _FlopCount(TorchDispatchMode):
         packet = func._overloadpacket
         if packet is torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
             flops = _attention_flops(list(args[0].shape), list(args[1].shape), list(args[2].shape))
-            self.attention += flops
         else:
             formula = flop_registry.get(packet)
             flops = 0 if formula is None else formula(*args, **kwargs, out_val=out)
+        if 'attention' in packet.__name__:  # the CPU kernel above, CUDA's flash / efficient / cuDNN kernels
+            self.attention += flops
         self.total += flops
         return out
 
@@ -335,18 +347,48 @@ def progress(line: str) -> None:
     print(f'  [{time.strftime("%H:%M:%S")}] {line}', file=sys.stderr, flush=True)
 
 
+Contestant = tuple[str, 'int | None', 'bool | None']  # (name, WINDOW_CHUNK or None, sparse_inference or None)
+
+
+def contestants(args: argparse.Namespace) -> list[Contestant]:
+    """vsrkit as it is, and the variants ``--compare-chunks`` / ``--compare-paths`` add to the alternation."""
+    chunks = [(f'chunk {c}', int(c), None) for c in args.compare_chunks.split(',') if c]
+    paths = [('sparse', None, True), ('dense', None, False)] if args.compare_paths else []
+    return [('vsrkit', None, None)] + chunks + paths
+
+
 @contextmanager
-def window_chunk(chunk: int | None):
-    """vsrkit with another WINDOW_CHUNK (windows per chunk of a block) for the duration, or as it is (None)."""
-    if chunk is None:
-        yield
-        return
-    saved = mia_attention.WINDOW_CHUNK
-    mia_attention.WINDOW_CHUNK = mia_block.WINDOW_CHUNK = chunk
+def variant(ours: MIAVSR, chunk: int | None, sparse: bool | None):
+    """vsrkit with another WINDOW_CHUNK (windows per chunk of a block) and / or ``sparse_inference`` for the
+    duration (None: as it is)."""
+    saved = mia_attention.WINDOW_CHUNK, ours.sparse_inference
+    if chunk is not None:
+        mia_attention.WINDOW_CHUNK = mia_block.WINDOW_CHUNK = chunk
+    if sparse is not None:
+        ours.sparse_inference = sparse
     try:
         yield
     finally:
-        mia_attention.WINDOW_CHUNK = mia_block.WINDOW_CHUNK = saved
+        mia_attention.WINDOW_CHUNK = mia_block.WINDOW_CHUNK = saved[0]
+        ours.sparse_inference = saved[1]
+
+
+def original_runner(original: torch.nn.Module, lqs: torch.Tensor, dtype: torch.dtype | None):
+    """(how, call, output) for the original in ``dtype``: under autocast where it runs so, else with its weights
+    and input cast, else in fp32 (as published, its eval path index_puts autocast's half-precision outputs into
+    fp32 tensors, and basicsr's flow_warp builds an fp32 grid). Each way that fails is said on stderr."""
+    device = lqs.device.type
+    ways = [('fp32', lambda: original(lqs)[0])]
+    if dtype is not None:
+        cast = copy.deepcopy(original).to(dtype)
+        ways = [('autocast', lambda: _autocast_call(torch.autocast(device, dtype=dtype), lambda: original(lqs)[0])),
+                ('orig cast', lambda: cast(lqs.to(dtype))[0]), ('orig fp32', ways[0][1])]
+    for how, call in ways:
+        try:
+            return how, call, call()
+        except RuntimeError as err:
+            progress(f'original, {str(dtype).removeprefix("torch.")} {how}: {str(err).splitlines()[0]}')
+    raise RuntimeError('the original ran in no way')
 
 
 def load_original_class():
@@ -359,7 +401,7 @@ def load_original_class():
     return Original
 
 
-def baseline(args: argparse.Namespace) -> None:
+def baseline(args: argparse.Namespace, device: torch.device) -> None:
     """The original against vsrkit, alternating calls in this process (see the module docstring)."""
     Original = load_original_class()
     if Original is None:
@@ -368,13 +410,19 @@ def baseline(args: argparse.Namespace) -> None:
     original = Original(**REDS).eval()
     ours = MIAVSR(**REDS).eval()
     ours.load_state_dict(original.state_dict(), strict=True)
+    if device.type == 'cuda':
+        cuda_baseline(args, original.to(device), ours.to(device), device)
+        return
     conditions = [c for c in args.baseline_conditions.split(',') if c]
+    supported, why = bf16_support(device)
+    if 'bf16' in conditions and not (supported or args.bf16):
+        conditions.remove('bf16')
+        print(f'\nbaseline: no bf16 condition ({why}; --bf16 forces it)')
     print('\nbaseline: the original MIA-VSR code vs vsrkit, same seed-0 weights and input (carphone clip), '
-          'fp32, eval, no_grad, mask on in both; alternating calls')
-    chunks = [int(c) for c in args.compare_chunks.split(',') if c]
+          'eval, no_grad, mask on in both; fp32 but for the bf16 condition; alternating calls')
     print(f'{"LR size":8} {"t":>2} {"condition":16} {"vsrkit":10} {"pairs":>5} {"orig best":>9} {"orig med":>9} '
           f'{"vsrkit best":>11} {"vsrkit med":>10} {"x best":>6} {"x med":>6} {"keep":>5} {"GEMM GF/s":>9} '
-          f'{"attn GF/s":>9} {"orig %":>6} {"vsrkit %":>8} {"floor s":>7} {"ceiling x":>9}')
+          f'{"attn GF/s":>9} {"orig %":>6} {"vsrkit %":>8} {"floor s":>7} {"ceiling x":>9} {"dB":>5}')
     for item in args.baseline_sizes.split(','):
         size, frames, pairs = (item.split(':') + ['5', '1'])[:3]
         h, w = (int(v) for v in size.split('x'))
@@ -385,41 +433,52 @@ def baseline(args: argparse.Namespace) -> None:
         work['vsrkit'], vsrkit_attention = executed_flops(ours, lqs)
         progress(f'{h}x{w}: executed GFLOP per clip: original {work["original"] / 1e9:.1f}, '
                  f'vsrkit {work["vsrkit"] / 1e9:.1f} (attention {vsrkit_attention / 1e9:.1f})')
+        fp32_output = None  # vsrkit's, the reference of the bf16 condition's PSNR
         for condition in conditions:
             threads = 1 if condition == 'single' else args.threads
             torch.set_num_threads(threads)
-            label = {'threads': f'{threads} threads', 'single': '1 thread',
-                     'loaded': f'{threads} thr + 1 busy'}[condition]
-            contestants = [('vsrkit', None)] + [(f'chunk {c}', c) for c in chunks]
-            times = {name: [] for name in ['original'] + [name for name, _ in contestants]}
-            keep = None
+            label = {'threads': f'{threads} threads', 'single': '1 thread', 'loaded': f'{threads} thr + 1 busy',
+                     'bf16': f'{threads} thr, bf16'}[condition]
+            dtype = torch.bfloat16 if condition == 'bf16' else None
+            times = {name: [] for name in ['original'] + [name for name, *_ in contestants(args)]}
+            outputs, keep = {}, None
             with competing_load(condition == 'loaded'), torch.no_grad():
-                gemm = gemm_flops_per_s(torch.device('cpu'), torch.float32)
-                attention = attention_flops_per_s(ours)
+                gemm = gemm_flops_per_s(torch.device('cpu'), dtype or torch.float32)
+                attention = attention_flops_per_s(ours) if dtype is None else math.nan
+                how, run_original, _ = original_runner(original, lqs, dtype)  # (an untimed first call)
+                if how != 'fp32':
+                    label = f'{threads} thr, bf16 ({how})'
                 for _ in range(pairs):
                     start = time.perf_counter()
-                    original(lqs)
+                    run_original()
                     times['original'].append(time.perf_counter() - start)
                     progress(f'{h}x{w} {label}: original {times["original"][-1]:.2f} s')
-                    for name, chunk in contestants:
-                        with window_chunk(chunk):
+                    for name, chunk, sparse in contestants(args):
+                        with variant(ours, chunk, sparse), autocast_for(torch.device('cpu'), dtype):
                             start = time.perf_counter()
-                            _, ratios = ours(lqs, return_keep_ratios=True)
+                            outputs[name], ratios = ours(lqs, return_keep_ratios=True)
                             times[name].append(time.perf_counter() - start)
                         keep = ratios.float().mean().item()
                         progress(f'{h}x{w} {label}: {name} {times[name][-1]:.2f} s')
+            if dtype is None and fp32_output is None:
+                fp32_output = outputs['vsrkit']
             best = {k: min(v) for k, v in times.items()}
             median = {k: statistics.median(v) for k, v in times.items()}
-            rate = {name: work[name] / best[name] / gemm for name in ('original', 'vsrkit')}
+            # the original in fp32 (the only way it runs on a CPU) is priced at the fp32 GEMM rate
+            original_gemm = gemm if dtype is None else gemm_flops_per_s(torch.device('cpu'), torch.float32)
+            rate = {'original': work['original'] / best['original'] / original_gemm}
             # vsrkit's executed work with nothing but its GEMMs/convolutions at the GEMM rate and its attention
-            # at the attention kernel's rate: no copy, gather, norm or Python in between
-            floor = (work['vsrkit'] - vsrkit_attention) / gemm + vsrkit_attention / attention
-            for name, _ in contestants:
+            # at the attention kernel's rate: no copy, gather, norm or Python in between (bf16: all at the GEMM rate)
+            floor = ((work['vsrkit'] - vsrkit_attention) / gemm + vsrkit_attention / attention if dtype is None
+                     else work['vsrkit'] / gemm)
+            for name, *_ in contestants(args):
+                db = (f'{psnr(outputs[name].float(), fp32_output):5.1f}'
+                      if dtype is not None and fp32_output is not None else '-')
                 print(f'{h}x{w:<5} {frames:2} {label:16} {name:10} {pairs:5} {best["original"]:9.2f} '
                       f'{median["original"]:9.2f} {best[name]:11.2f} {median[name]:10.2f} '
                       f'{best["original"] / best[name]:6.2f} {median["original"] / median[name]:6.2f} {keep:5.2f} '
                       f'{gemm / 1e9:9.1f} {attention / 1e9:9.1f} {rate["original"]:6.1%} '
-                      f'{work["vsrkit"] / best[name] / gemm:8.1%} {floor:7.2f} {best["original"] / floor:9.2f}',
+                      f'{work["vsrkit"] / best[name] / gemm:8.1%} {floor:7.2f} {best["original"] / floor:9.2f} {db:>5}',
                       flush=True)
         torch.set_num_threads(args.threads)
     print('seconds per clip; x: original / vsrkit (same run). GEMM GF/s: the fp32 2048^3 GEMM rate, attn GF/s: the '
@@ -429,7 +488,99 @@ def baseline(args: argparse.Namespace) -> None:
           'counted once per size with torch\'s FLOP formulas; vsrkit\'s include the padded queries of its chunks) / its '
           'best time, as a share of the GEMM rate. floor s: vsrkit\'s executed FLOPs at those two rates (attention '
           'at its kernel\'s, the rest at the GEMM rate), nothing else; ceiling x: original best / floor, the most '
-          'a faster arrangement of the same work could reach on this machine.')
+          'a faster arrangement of the same work could reach on this machine. bf16: vsrkit under bf16 autocast (GEMM '
+          'GF/s: the bf16 rate, its floor all at that rate), the original as it runs (the lines above say why: in '
+          'fp32 as published), its orig % at the fp32 rate; dB: PSNR of vsrkit\'s bf16 output against its fp32 '
+          'output (the threads condition\'s) on these real frames.')
+
+
+PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def cuda_baseline(args: argparse.Namespace, original: torch.nn.Module, ours: MIAVSR, device: torch.device) -> None:
+    """The original against vsrkit on a GPU, per precision (fp32; bf16 and fp16 autocast): alternating calls after
+    one warm-up call of each, both codes' executed FLOPs against the GEMM rate of that dtype, peak memory, and the
+    PSNR of each output against the original's fp32 output on the same real frames."""
+    precisions = [p for p in args.cuda_precisions.split(',') if p]
+    print(f'\nbaseline on {torch.cuda.get_device_name(device)}: the original MIA-VSR code vs vsrkit, same seed-0 '
+          f'weights and input (carphone clip), eval, no_grad, mask on in both; TF32 matmul '
+          f'{torch.backends.cuda.matmul.allow_tf32}, cuDNN TF32 {torch.backends.cudnn.allow_tf32} (torch defaults); '
+          'one warm-up call of each, then alternating calls')
+    print(f'{"LR size":8} {"t":>2} {"prec":4} {"how":9} {"vsrkit":10} {"pairs":>5} {"orig best":>9} {"orig med":>9} '
+          f'{"vsrkit best":>11} {"vsrkit med":>10} {"x best":>6} {"x med":>6} {"keep":>5} {"GEMM TF/s":>9} '
+          f'{"orig %":>6} {"vsrkit %":>8} {"orig GB":>7} {"vsrkit GB":>9} {"orig dB":>7} {"vsrkit dB":>9}')
+    for item in args.baseline_sizes.split(','):
+        size, frames, pairs = (item.split(':') + ['5', '1'])[:3]
+        h, w = (int(v) for v in size.split('x'))
+        frames, pairs = int(frames), int(pairs)
+        lqs = real_clip(frames, h, w).to(device)
+        work = {'original': executed_flops(original, lqs)[0], 'vsrkit': executed_flops(ours, lqs)[0]}
+        progress(f'{h}x{w}: executed GFLOP per clip: original {work["original"] / 1e9:.1f}, '
+                 f'vsrkit {work["vsrkit"] / 1e9:.1f}')
+        reference, rates = None, {}  # GEMM rate per dtype, measured once per size
+        for precision in precisions:
+            dtype = PRECISIONS[precision]
+            autocast = torch.autocast('cuda', dtype=dtype, enabled=dtype is not None)
+            with torch.no_grad():
+                how, run_original, original_output = original_runner(original, lqs, dtype)
+            calls = {'original': lambda: (run_original(), None)}
+            calls.update({name: lambda chunk=chunk, sparse=sparse: _autocast_call(
+                autocast, lambda: _variant_call(ours, lqs, chunk, sparse)) for name, chunk, sparse in contestants(args)})
+            times = {name: [] for name in calls}
+            peak = dict.fromkeys(calls, 0.0)
+            outputs, gemm = {'original': original_output}, {}
+            with torch.no_grad():
+                for name, call in list(calls.items())[1:]:  # warm-up: kernel selection, allocator growth
+                    outputs[name], _ = call()
+                for _ in range(pairs):
+                    for name, call in calls.items():
+                        torch.cuda.reset_peak_memory_stats(device)
+                        _sync(device)
+                        start = time.perf_counter()
+                        _, keep = call()
+                        _sync(device)
+                        times[name].append(time.perf_counter() - start)
+                        peak[name] = max(peak[name], torch.cuda.max_memory_allocated(device) / 2 ** 30)
+                        if keep is not None:
+                            keep_ratio = keep
+                    progress(f'{h}x{w} {precision}: ' + ', '.join(f'{n} {t[-1]:.3f} s' for n, t in times.items()))
+            if reference is None:
+                reference = outputs['original'].float()  # the first precision's: fp32 by default
+            for code, ran in (('vsrkit', dtype or torch.float32),
+                              ('original', torch.float32 if how in ('fp32', 'orig fp32') else dtype)):
+                if ran not in rates:
+                    rates[ran] = gemm_flops_per_s(device, ran)
+                gemm[code] = rates[ran]
+            best = {k: min(v) for k, v in times.items()}
+            median = {k: statistics.median(v) for k, v in times.items()}
+            for name, *_ in contestants(args):
+                print(f'{h}x{w:<5} {frames:2} {precision:4} {how:9} {name:10} {pairs:5} {best["original"]:9.3f} '
+                      f'{median["original"]:9.3f} {best[name]:11.3f} {median[name]:10.3f} '
+                      f'{best["original"] / best[name]:6.2f} {median["original"] / median[name]:6.2f} {keep_ratio:5.2f} '
+                      f'{gemm["vsrkit"] / 1e12:9.1f} {work["original"] / best["original"] / gemm["original"]:6.1%} '
+                      f'{work["vsrkit"] / best[name] / gemm["vsrkit"]:8.1%} {peak["original"]:7.2f} {peak[name]:9.2f} '
+                      f'{psnr(outputs["original"].float(), reference):7.1f} {psnr(outputs[name].float(), reference):9.1f}',
+                      flush=True)
+    print('seconds per clip; x: original / vsrkit (same run). GEMM TF/s: the 8192^3 GEMM rate in the precision\'s '
+          'dtype (fp32: as torch is set, see above). orig % / vsrkit %: each code\'s executed FLOPs (counted once '
+          'per size in fp32, torch\'s FLOP formulas) / its best time, as a share of the GEMM rate of the dtype it ran in. GB: '
+          'peak allocated GPU memory of a call. dB: PSNR of the output against the original\'s output in the first '
+          'precision (fp32: inf for the original itself). how: how the original ran (vsrkit: under '
+          'torch.autocast in that dtype): autocast; orig cast, its weights and input cast to the dtype; orig fp32, in '
+          'fp32, where neither runs (the lines above the table say why: as published, its eval path index_puts '
+          'autocast\'s half-precision outputs into fp32 tensors, and basicsr\'s flow_warp builds an fp32 grid).')
+
+
+def _autocast_call(autocast: torch.autocast, call):
+    with autocast:
+        return call()
+
+
+def _variant_call(ours: MIAVSR, lqs: torch.Tensor, chunk: int | None, sparse: bool | None) -> tuple[torch.Tensor, float]:
+    """vsrkit's output and mean keep ratio, as a variant (see :func:`variant`)."""
+    with variant(ours, chunk, sparse):
+        out, ratios = ours(lqs, return_keep_ratios=True)
+    return out, ratios.float().mean().item()
 
 
 def bf16_psnr(model: MIAVSR, device: torch.device) -> None:
@@ -465,8 +616,16 @@ def main() -> None:
     parser.add_argument('--baseline-sizes', default='64x64:5:3,180x320:5:1', help='HxW:frames:pairs, comma separated')
     parser.add_argument('--compare-chunks', default='',
                         help='baseline: also time vsrkit with these WINDOW_CHUNK values (comma separated)')
-    parser.add_argument('--baseline-conditions', default='threads,loaded,single',
-                        help='threads (= --threads), loaded (a busy process beside it), single (1 thread)')
+    parser.add_argument('--compare-paths', action='store_true',
+                        help='baseline: also time vsrkit with sparse_inference forced on (gather/scatter of the kept '
+                             'tokens) and off (every token computed, then selected); vsrkit: its default choice')
+    parser.add_argument('--baseline-conditions', default='threads,loaded,single,bf16',
+                        help='threads (= --threads), loaded (a busy process beside it), single (1 thread), bf16 '
+                             '(vsrkit under bf16 autocast; only where bf16 rows are on, see --bf16)')
+    parser.add_argument('--devices', default='cpu,cuda',
+                        help='devices to measure on, comma separated (cuda only where present)')
+    parser.add_argument('--cuda-precisions', default='fp32,bf16,fp16',
+                        help='baseline on CUDA: fp32 and autocast dtypes, comma separated (the first is the PSNR reference)')
     parser.add_argument('--count-original', type=int, default=64 * 64,
                         help="baseline: count the original's FLOPs up to this many LR pixels (orig %% blank above)")
     parser.add_argument('--freed-memory', choices=('retain', 'default'), default='retain',
@@ -492,7 +651,9 @@ def main() -> None:
         sizes.append((h, w, int(frames or 3)))
         if sizes[-1][2] < 2:
             raise ValueError(f'--sizes {item!r}: a clip needs at least 2 frames for the steady-state time')
-    devices = [torch.device('cpu')] + ([torch.device('cuda')] if torch.cuda.is_available() else [])
+    wanted = set(args.devices.split(','))
+    devices = [torch.device(name) for name in ('cpu', 'cuda')
+               if name in wanted and (name == 'cpu' or torch.cuda.is_available())]
 
     print(f'threads={args.threads} weights={args.weights or "random"} (rows: best of {args.reps})')
     header = (f'{"device":6} {"LR size":8} {"t":>2} {"mode":24} {"keep":>5} {"s/frame":>8} {"x off":>6} '
@@ -507,8 +668,8 @@ def main() -> None:
               + f'; bf16 rows {"on" if bf16 else "off"} ({why}{", forced by --bf16" if bf16 and not supported else ""})')
         if bf16:
             bf16_psnr(model, device)
-        if device.type == 'cpu' and args.baseline != 'off':
-            baseline(args)
+        if args.baseline != 'off':
+            baseline(args, device)
         if sizes:
             print(header)
         for h, w, frames in sizes:

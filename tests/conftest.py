@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,39 @@ def sample_reds_clips(tmp_path_factory, sample_video):
         (root / 'meta.txt').write_text(''.join(f'{clip} {frames} (128,192,3)\n' for clip in clips))
         return root
     return make
+
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
+                          reason='no CUDA device (CI has none; these cases run on a lent GPU machine)')
+
+
+@contextmanager
+def _fp32_cuda():
+    """TF32 off for the duration (cuDNN convolutions use it by default), so fp32 results on CUDA compare at fp32
+    tolerances."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield torch.device('cuda')
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture(params=['cpu', pytest.param('cuda', marks=CUDA)])
+def device(request) -> torch.device:
+    """Each device a test's function should hold on: the CPU, and CUDA (fp32 without TF32) where present."""
+    if request.param == 'cpu':
+        yield torch.device('cpu')
+        return
+    with _fp32_cuda() as cuda:
+        yield cuda
+
+
+@pytest.fixture
+def cuda() -> torch.device:
+    """CUDA (fp32 without TF32), for tests that compare it with the CPU; skips where there is no GPU."""
+    if not torch.cuda.is_available():
+        pytest.skip('no CUDA device (CI has none; these cases run on a lent GPU machine)')
+    with _fp32_cuda() as device:
+        yield device

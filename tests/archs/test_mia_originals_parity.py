@@ -91,14 +91,15 @@ def clip() -> torch.Tensor:
                         for i in range(FRAMES)])[None].contiguous()
 
 
-def build_pair(original_class: type, ours_class: type, **kwargs) -> tuple[nn.Module, nn.Module]:
+def build_pair(original_class: type, ours_class: type, device: torch.device = torch.device('cpu'),
+               **kwargs) -> tuple[nn.Module, nn.Module]:
     """The original with seed-0 random weights and vsrkit's network with its state dict loaded strictly; both
-    in eval mode."""
+    in eval mode on ``device``."""
     torch.manual_seed(0)
     original = original_class(**CONFIG, **kwargs)
     ours = ours_class(**CONFIG)
     ours.load_state_dict(original.state_dict(), strict=True)
-    return original.eval(), ours.eval()
+    return original.eval().to(device), ours.eval().to(device)
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -106,10 +107,10 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-def test_miavsr_mask_disabled_equals_the_original(originals):
-    original, ours = build_pair(originals.mia.MIAVSR, MIAVSR, use_mask=False)
+def test_miavsr_mask_disabled_equals_the_original(originals, device):
+    original, ours = build_pair(originals.mia.MIAVSR, MIAVSR, device, use_mask=False)
     ours.use_mask = False
-    lqs = clip()
+    lqs = clip().to(device)
     with torch.no_grad():
         expected, _ = original(lqs)
         out = ours(lqs)
@@ -169,15 +170,17 @@ def force_decisions(monkeypatch, original: nn.Module, ours: nn.Module) -> tuple[
 
 @pytest.mark.parametrize('workers', [1, 2], ids=['one thread', 'two chunk workers'])
 @pytest.mark.parametrize('sparse', [True, False], ids=['sparse', 'dense'])
-def test_miavsr_mask_on_with_forced_decisions_equals_the_original(originals, monkeypatch, sparse, workers):
-    original, ours = build_pair(originals.mia.MIAVSR, MIAVSR, use_mask=True)
+def test_miavsr_mask_on_with_forced_decisions_equals_the_original(originals, monkeypatch, sparse, workers, device):
+    if workers > 1 and device.type != 'cpu':
+        pytest.skip('chunk workers are a CPU mechanism')
+    original, ours = build_pair(originals.mia.MIAVSR, MIAVSR, device, use_mask=True)
     ours.sparse_inference = sparse
     if workers > 1:  # every call of every block handed to two single-threaded workers (utils.chunk_workers)
         for module in (mia_attention, mia_block):
             monkeypatch.setattr(module, 'MIN_WINDOWS_PER_WORKER', 1)
         monkeypatch.setattr(torch, 'get_num_threads', lambda: workers)
     theirs, mine = force_decisions(monkeypatch, original, ours)
-    lqs = clip()
+    lqs = clip().to(device)
     with torch.no_grad():
         expected, _ = original(lqs)
         out, ratios = ours(lqs, return_keep_ratios=True)
@@ -187,26 +190,26 @@ def test_miavsr_mask_on_with_forced_decisions_equals_the_original(originals, mon
     assert max_diff(out, expected) <= TOLERANCE
 
 
-def test_original_training_forward_without_noise_equals_vsrkit_eval(originals, monkeypatch):
+def test_original_training_forward_without_noise_equals_vsrkit_eval(originals, monkeypatch, device):
     """The original's training-mode function (straight-through blend of every token, noise and drop path off)
     with the decisions forced equal gives vsrkit's eval (gather/scatter) output."""
-    original, ours = build_pair(originals.mia.MIAVSR, MIAVSR, use_mask=True)
+    original, ours = build_pair(originals.mia.MIAVSR, MIAVSR, device, use_mask=True)
     for module in original.modules():
         if type(module).__name__ == 'DropPath':
             module.drop_prob = 0.0
     force_decisions(monkeypatch, original, ours)
-    lqs = clip()
+    lqs = clip().to(device)
     with torch.no_grad():
         expected, _ = original.train()(lqs)
         out = ours(lqs)
     assert max_diff(out, expected) <= TOLERANCE
 
 
-def test_iiavsr_equals_the_original_with_its_flow_direction_fixed(originals):
-    original, ours = build_pair(originals.iia_fixed.IIAVSR, IIAVSR)
-    unfixed = originals.iia.IIAVSR(**CONFIG).eval()
+def test_iiavsr_equals_the_original_with_its_flow_direction_fixed(originals, device):
+    original, ours = build_pair(originals.iia_fixed.IIAVSR, IIAVSR, device)
+    unfixed = originals.iia.IIAVSR(**CONFIG).eval().to(device)
     unfixed.load_state_dict(original.state_dict(), strict=True)
-    lqs = clip()
+    lqs = clip().to(device)
     with torch.no_grad():
         expected, _ = original(lqs)
         out = ours(lqs)

@@ -277,6 +277,35 @@ def test_sparse_gather_scatter_equals_dense_reference():
     assert torch.allclose(results[0.5, True][1], torch.full((4, 2, 2), 0.5), atol=1e-3)
 
 
+def test_sparse_path_by_default_only_where_it_pays(monkeypatch):
+    """``sparse_inference`` None (the default) gathers the kept tokens on the CPU in fp32, and computes every token
+    on CUDA and under autocast, where that was measured faster (mia_network.sparse_pays); True / False force
+    either; the forward follows the choice."""
+    model = tiny_model().eval()
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')  # a device name: no GPU needed to ask
+    assert model.sparse_inference is None
+    assert model.mask_control(cpu).sparse and not model.mask_control(cuda).sparse
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not model.mask_control(cpu).sparse
+    model.sparse_inference = True
+    assert model.mask_control(cuda).sparse
+    model.sparse_inference = False
+    assert not model.mask_control(cpu).sparse
+
+    gathered = []
+    forward_kept = InterIntraBlock._forward_kept
+    monkeypatch.setattr(InterIntraBlock, '_forward_kept',
+                        lambda self, *args: gathered.append(1) or forward_kept(self, *args))
+    model.sparse_inference = None
+    lqs = clip_frames(3, (64, 64))
+    with torch.no_grad():
+        model(lqs)
+        in_fp32 = len(gathered)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            model(lqs)
+    assert in_fp32 > 0 and len(gathered) == in_fp32
+
+
 def test_all_kept_mask_equals_disabled_mask():
     model = tiny_model().eval()
     lqs = clip_frames(3, (64, 64))

@@ -209,3 +209,36 @@ def test_options_files(name):
     net = {k: v for k, v in opt['network_g'].items() if k not in ('type', 'spynet_path')}
     from vsrkit.archs.miavsr_arch import MIAVSR
     assert sum(p.numel() for p in MIAVSR(**net).parameters()) / 1e6 == pytest.approx(16.60, abs=0.01)  # published
+
+
+@pytest.mark.parametrize('amp', ['fp16', 'bf16'])
+def test_mixed_precision_steps_on_cuda(tmp_path, cuda, amp):
+    """Recurrent training steps under CUDA autocast (fp16 with GradScaler, bf16 without) on real frames (crops of
+    scikit-image's astronaut photo, x4 area-averaged): the loss is the fp32 step's within autocast's rounding but not
+    equal to it, GradScaler is on for fp16 only, and the weights move."""
+    from skimage import data
+    photo = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255
+    gt = torch.stack([photo[:, 100 + 2 * i:164 + 2 * i, 200 + 3 * i:264 + 3 * i] for i in range(3)])[None]
+    batch = {'lq': torch.nn.functional.avg_pool2d(gt[0], 4)[None], 'gt': gt}
+    terms, models = {}, {}
+    for dtype in (None, amp):
+        opt = model_options(tmp_path, **({'amp': dtype} if dtype else {}))
+        opt['device'] = 'cuda'
+        torch.manual_seed(0)
+        model = models[dtype] = MODEL_REGISTRY.get('RecurrentVSRModel')(opt)
+        model.net_g.gumbel_noise = False  # the same decisions in both steps
+        start = {k: v.clone() for k, v in model.net_g.state_dict().items()}
+        model.feed_data(batch)
+        model.optimize_parameters(1)
+        terms[dtype] = model.get_current_log()['l_pixel']
+        # fp16: GradScaler skips a step whose scaled gradients overflow, and lowers its scale for the next
+        moved = lambda: any(not torch.equal(start[k], v) for k, v in model.net_g.state_dict().items())  # noqa: E731
+        for step in range(2, 6):
+            if moved():
+                break
+            model.optimize_parameters(step)
+        assert moved(), f'{dtype or "fp32"}: no weight moved in 5 steps'
+    assert models[amp].amp_dtype is {'fp16': torch.float16, 'bf16': torch.bfloat16}[amp]
+    assert models[amp].scaler.is_enabled() == (amp == 'fp16')
+    # autocast changed the arithmetic (the output itself is fp32: the bicubic skip is added in fp32), within rounding
+    assert terms[amp] != terms[None] and terms[amp] == pytest.approx(terms[None], rel=2e-2)
