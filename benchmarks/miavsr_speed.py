@@ -373,12 +373,25 @@ def variant(ours: MIAVSR, chunk: int | None, sparse: bool | None):
         ours.sparse_inference = saved[1]
 
 
-def original_runner(original: torch.nn.Module, lqs: torch.Tensor, dtype: torch.dtype | None):
+def baseline_sizes(args: argparse.Namespace) -> list[tuple[int, int, int, int]]:
+    """``--baseline-sizes`` HxW:frames:pairs items as (h, w, frames, pairs); frames 5 and pairs 1 by default."""
+    items = []
+    for item in args.baseline_sizes.split(','):
+        size, frames, pairs = (item.split(':') + ['5', '1'])[:3]
+        h, w = (int(v) for v in size.split('x'))
+        items.append((h, w, int(frames), int(pairs)))
+    return items
+
+
+def original_runner(original: torch.nn.Module, lqs: torch.Tensor, dtype: torch.dtype | None, probe: bool = True):
     """(how, call, output) for the original in ``dtype``: under autocast where it runs so, else with its weights
     and input cast, else in fp32 (as published, its eval path index_puts autocast's half-precision outputs into
-    fp32 tensors, and basicsr's flow_warp builds an fp32 grid). Each way that fails is said on stderr."""
+    fp32 tensors, and basicsr's flow_warp builds an fp32 grid). Each way that fails is said on stderr. In fp32
+    without ``probe``, nothing is called (output None)."""
     device = lqs.device.type
     ways = [('fp32', lambda: original(lqs)[0])]
+    if dtype is None and not probe:
+        return 'fp32', ways[0][1], None
     if dtype is not None:
         cast = copy.deepcopy(original).to(dtype)
         ways = [('autocast', lambda: _autocast_call(torch.autocast(device, dtype=dtype), lambda: original(lqs)[0])),
@@ -423,10 +436,7 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
     print(f'{"LR size":8} {"t":>2} {"condition":16} {"vsrkit":10} {"pairs":>5} {"orig best":>9} {"orig med":>9} '
           f'{"vsrkit best":>11} {"vsrkit med":>10} {"x best":>6} {"x med":>6} {"keep":>5} {"GEMM GF/s":>9} '
           f'{"attn GF/s":>9} {"orig %":>6} {"vsrkit %":>8} {"floor s":>7} {"ceiling x":>9} {"dB":>5}')
-    for item in args.baseline_sizes.split(','):
-        size, frames, pairs = (item.split(':') + ['5', '1'])[:3]
-        h, w = (int(v) for v in size.split('x'))
-        frames, pairs = int(frames), int(pairs)
+    for h, w, frames, pairs in baseline_sizes(args):
         lqs = real_clip(frames, h, w)
         # counting runs each op through Python: the original at 180x320 then outgrew 24 GB (--count-original)
         work = {'original': executed_flops(original, lqs)[0] if h * w <= args.count_original else math.nan}
@@ -445,7 +455,7 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
             with competing_load(condition == 'loaded'), torch.no_grad():
                 gemm = gemm_flops_per_s(torch.device('cpu'), dtype or torch.float32)
                 attention = attention_flops_per_s(ours) if dtype is None else math.nan
-                how, run_original, _ = original_runner(original, lqs, dtype)  # (an untimed first call)
+                how, run_original, _ = original_runner(original, lqs, dtype, probe=False)  # bf16: a first call
                 if how != 'fp32':
                     label = f'{threads} thr, bf16 ({how})'
                 for _ in range(pairs):
@@ -509,10 +519,7 @@ def cuda_baseline(args: argparse.Namespace, original: torch.nn.Module, ours: MIA
     print(f'{"LR size":8} {"t":>2} {"prec":4} {"how":9} {"vsrkit":10} {"pairs":>5} {"orig best":>9} {"orig med":>9} '
           f'{"vsrkit best":>11} {"vsrkit med":>10} {"x best":>6} {"x med":>6} {"keep":>5} {"GEMM TF/s":>9} '
           f'{"orig %":>6} {"vsrkit %":>8} {"orig GB":>7} {"vsrkit GB":>9} {"orig dB":>7} {"vsrkit dB":>9}')
-    for item in args.baseline_sizes.split(','):
-        size, frames, pairs = (item.split(':') + ['5', '1'])[:3]
-        h, w = (int(v) for v in size.split('x'))
-        frames, pairs = int(frames), int(pairs)
+    for h, w, frames, pairs in baseline_sizes(args):
         lqs = real_clip(frames, h, w).to(device)
         work = {'original': executed_flops(original, lqs)[0], 'vsrkit': executed_flops(ours, lqs)[0]}
         progress(f'{h}x{w}: executed GFLOP per clip: original {work["original"] / 1e9:.1f}, '
