@@ -198,6 +198,9 @@ def _basicvsr(s: StateDict) -> dict[str, Any]:
 
 def _iconvsr(s: StateDict) -> dict[str, Any]:
     num_frame = s['edvr.fusion.feat_fusion.weight'].shape[1] // s['backward_trunk.main.0.weight'].shape[0]
+    if num_frame not in (5, 7):  # basicsr's get_keyframe_feature pads for temporal_padding 2 or 3 only
+        raise ValueError(f'edvr.fusion.feat_fusion.weight fuses {num_frame} frames; basicsr\'s IconVSR runs with 5 '
+                         'or 7 (temporal_padding 2 or 3): any other count fails in its first forward')
     return {**_basicvsr(s), 'temporal_padding': num_frame // 2}
 
 

@@ -73,7 +73,7 @@ CASES = {
                                         upsampler='', ape=True), ModelIO('frame', 'rgb', 3, 3, 1, multiple=8,
                                                                          train_size=8, dtypes=('bf16',))),
     'BasicVSR': (BasicVSR, dict(num_feat=8, num_block=2), ModelIO('clip', 'rgb', 3, 3, 4, min_size=64)),
-    'IconVSR': (IconVSR, dict(num_feat=8, num_block=1, temporal_padding=1),
+    'IconVSR': (IconVSR, dict(num_feat=8, num_block=1, temporal_padding=2),
                 ModelIO('clip', 'rgb', 3, 3, 4, multiple=4, min_size=64)),
     'EDVR': (EDVR, dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_frame=3, deformable_groups=2, num_extract_block=1,
                         num_reconstruct_block=2, with_tsa=False, with_predeblur=False, hr_in=False),
@@ -182,9 +182,7 @@ def photo_input(io: ModelIO, size: int, clip: int = 3) -> torch.Tensor:
 def test_cuda_computes_what_the_cpu_computes(case, cuda):
     """Every architecture's fp32 forward on CUDA (TF32 off) gives its CPU output, on real frames."""
     cls, options, io = CASES[case]
-    clip = 3
-    if cls is IconVSR:  # basicsr's IconVSR pads keyframes for temporal_padding 2 or 3 only (1 fails in torch.cat)
-        options, clip = {**options, 'temporal_padding': 2}, 5
+    clip = 5 if cls is IconVSR else 3  # IconVSR's keyframe padding reads frames 3 and 4
     torch.manual_seed(0)
     net = cls(**options).eval()
     if hasattr(net, 'use_mask'):  # a hard keep decision at logit ~ 0 flips under reordering; the mask path on
@@ -198,3 +196,14 @@ def test_cuda_computes_what_the_cpu_computes(case, cuda):
         expected, out = expected[0], out[0]
     assert out.device.type == 'cuda' and expected.std() > 1e-3  # not a constant picture
     assert (out.cpu() - expected).abs().max().item() <= 1e-4 * max(1.0, expected.abs().max().item())
+
+
+def test_iconvsr_checkpoint_basicsr_cannot_run_is_refused(tmp_path):
+    """basicsr's IconVSR builds with temporal_padding 1 but fails in its first forward: such a checkpoint is refused
+    when it is detected, with the key and what was expected."""
+    torch.manual_seed(0)
+    path = tmp_path / 'iconvsr.pth'
+    torch.save({'params': IconVSR(num_feat=8, num_block=1, temporal_padding=1).state_dict()}, path)
+    with pytest.raises(ValueError, match=r'looks like IconVSR .*edvr\.fusion\.feat_fusion\.weight fuses 3 frames; '
+                                         r"basicsr's IconVSR runs with 5 or 7"):
+        detect_architecture(path)
