@@ -16,6 +16,7 @@ Bugs of the original fixed here (each has a test in tests/archs/test_miavsr_arch
 (e) batch size > 1 at inference (the original flattens the batch into one token list), and the mask's
     saving is realised: in eval mode tokens that are not kept skip the query projection, the attention, the
     output projection and the MLP (gather/scatter); the original computed q/k/v and attention for all tokens.
+    By default only where that was measured faster, on the CPU in fp32 (``sparse_inference``, below).
 Also: LR frames of any size (smaller than 64 px are padded for SpyNet, the output is cropped); SpyNet is
 never downloaded.
 """
