@@ -114,9 +114,8 @@ def sample_reds_clips(tmp_path_factory, sample_video):
     return make
 
 
-
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
-                          reason='no CUDA device (CI has none; these cases run on a lent GPU machine)')
+NO_CUDA = 'no CUDA device (CI has none; these cases run on a lent GPU machine)'
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
 
 
 @contextmanager
@@ -145,6 +144,6 @@ def device(request) -> torch.device:
 def cuda() -> torch.device:
     """CUDA (fp32 without TF32), for tests that compare it with the CPU; skips where there is no GPU."""
     if not torch.cuda.is_available():
-        pytest.skip('no CUDA device (CI has none; these cases run on a lent GPU machine)')
+        pytest.skip(NO_CUDA)
     with _fp32_cuda() as device:
         yield device
