@@ -17,7 +17,7 @@ another place; LR by area-averaging x4. Times: wall seconds per step, after ``--
 median of ``--steps``, synchronised on CUDA; peak allocated GPU memory of a step.
 
 Usage: python benchmarks/miavsr_train_step.py [--device cuda|cpu] [--batch 3] [--frames 16] [--size 64]
-       [--precisions fp32,fp16,bf16] [--steps 5] [--warmup 2] [--baseline auto|off]
+       [--precisions fp32,fp16,bf16 (CUDA) | fp32,bf16 (CPU)] [--steps 5] [--warmup 2] [--baseline auto|off]
 """
 from __future__ import annotations
 
@@ -133,7 +133,8 @@ def main() -> None:
     parser.add_argument('--batch', type=int, default=3)
     parser.add_argument('--frames', type=int, default=16)
     parser.add_argument('--size', type=int, default=64, help='LR crop size (GT: 4x)')
-    parser.add_argument('--precisions', default='fp32,fp16,bf16')
+    parser.add_argument('--precisions', default=None,
+                        help='comma separated (default: fp32,fp16,bf16 on CUDA, fp32,bf16 on a CPU: fp16 needs CUDA)')
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--baseline', choices=('auto', 'off'), default='auto')
@@ -146,7 +147,8 @@ def main() -> None:
           f'{args.size}x{args.size}; warm-up {args.warmup}, then {args.steps} alternating steps of each')
     print(f'{"precision":9} {"vsrkit best":>11} {"vsrkit med":>10} {"orig best":>9} {"orig med":>8} {"x best":>6} '
           f'{"x med":>6} {"vsrkit GB":>9} {"orig GB":>7} {"vsrkit loss":>11} {"orig loss":>9}')
-    for precision in args.precisions.split(','):
+    precisions = args.precisions or ('fp32,fp16,bf16' if device.type == 'cuda' else 'fp32,bf16')
+    for precision in precisions.split(','):
         opt = recipe(device, precision)
         torch.manual_seed(0)
         model = MODEL_REGISTRY.get('RecurrentVSRModel')(opt)
