@@ -34,7 +34,7 @@ from vsrkit.archs.mia_block import BlockState, InterIntraBlock, ResidualGroup
 from vsrkit.archs.mia_mask import MaskControl
 from vsrkit.archs.mia_window_layout import WindowLayout
 from vsrkit.utils.chunk_workers import chunk_plan
-from vsrkit.utils.cpu_load import OtherLoad, threads_beside_load
+from vsrkit.utils.cpu_load import OtherLoad, load_aware, threads_beside_load
 
 
 def patch_flow_warp(x: torch.Tensor, flow: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
@@ -320,9 +320,9 @@ class RecurrentInterIntraVSR(nn.Module):
 def sparse_pays(device: torch.device) -> bool:
     """Whether computing only the kept tokens (gather/scatter) beats computing every token and selecting, as
     measured with benchmarks/miavsr_speed.py --compare-paths (same weights and clip, alternating calls, 1x5x3x64x64
-    unless said): on the CPU in fp32 it does (8.21 against 8.72 s, 2 threads of an AMX Xeon); under CPU bf16 autocast it does not
-    (10.00 against 5.98 s on AMX, whose GEMMs are so cheap that the gathers, scatters and casts cost more than the
-    work they save); on CUDA it never does (H200: fp32 1.51 against 0.80 s, and 3.52 against 2.39 s at 180x320;
+    unless said): on the CPU in fp32 it does (8.21 against 8.72 s, 2 threads of an AMX Xeon); under CPU bf16
+    autocast it does not (10.00 against 5.98 s on AMX, whose GEMMs are so cheap that the gathers, scatters and casts
+    cost more than the work they save); on CUDA it never does (H200: fp32 1.51 against 0.80 s, and 3.52 against 2.39 s at 180x320;
     bf16 autocast 1.98 against 1.20 s), as each gather there is several kernel launches and a host sync."""
     return device.type == 'cpu' and not torch.is_autocast_enabled('cpu')
 
@@ -332,8 +332,9 @@ def _load_reader(layout: WindowLayout) -> OtherLoad | None:
     an :class:`OtherLoad`: each branch then runs with one thread fewer per CPU other processes took during the
     previous part of the call (``vsrkit.utils.cpu_load``), as a team's barriers stall whenever one of its threads
     loses its core. Chunk workers meet once per block and make use of every thread they get: beside one busy
-    process on 2 cores, a 2-frame 180x320 LR clip took 120 s with 2 workers against 138 s on 1 thread."""
-    if layout.device.type != 'cpu' or torch.is_grad_enabled():
+    process on 2 cores, a 2-frame 180x320 LR clip took 120 s with 2 workers against 138 s on 1 thread. None also
+    where load-aware threads are off (no /proc/stat reading then)."""
+    if layout.device.type != 'cpu' or torch.is_grad_enabled() or not load_aware():
         return None
     workers, _ = chunk_plan(layout.batch * layout.windows_per_sample, WINDOW_CHUNK, MIN_WINDOWS_PER_WORKER,
                             layout.device)

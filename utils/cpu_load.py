@@ -64,6 +64,11 @@ class OtherLoad:
         return max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])
 
 
+def load_aware() -> bool:
+    """Whether load-aware threads are on (``VSRKIT_LOAD_AWARE_THREADS=0`` turns them off)."""
+    return os.environ.get(ENV, '1') != '0'
+
+
 def threads_for(requested: int, cpus: int, others: float | None) -> int:
     """Intra-op threads for a process that asked for ``requested`` on ``cpus`` CPUs while others keep ``others``
     of them busy: one fewer for each CPU they take (:data:`TAKEN`), never below 1; ``requested`` when unknown."""
@@ -77,7 +82,7 @@ def threads_beside_load(load: OtherLoad | None) -> Iterator[int]:
     """Run the block with :func:`threads_for` threads of the caller's current count, from ``load``'s reading
     since its last one (None: unchanged); the caller's count is restored after. Yields the count used."""
     requested = torch.get_num_threads()
-    if load is None or os.environ.get(ENV, '1') == '0':
+    if load is None or not load_aware():
         yield requested
         return
     threads = threads_for(requested, len(load.cpus), load.since_last())

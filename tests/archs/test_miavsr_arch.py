@@ -20,19 +20,10 @@ from vsrkit.archs.mia_block import InterIntraBlock
 from vsrkit.archs.mia_mask import MaskControl
 from vsrkit.archs.mia_window_layout import WindowLayout
 from vsrkit.archs.miavsr_arch import MIAVSR
+from vsrkit.utils.cpu_load import ENV as LOAD_AWARE_ENV
 from vsrkit.utils.registry import ARCH_REGISTRY
+from stubs import FixedLoad
 
-
-class StubLoad:
-    """An OtherLoad that reports ``others`` busy CPUs of two."""
-
-    cpus = [0, 1]
-
-    def __init__(self, others: float) -> None:
-        self.others = others
-
-    def since_last(self) -> float:
-        return self.others
 
 TINY = dict(mid_channels=8, embed_dim=12, depths=(2,), num_heads=(2,), drop_path_rate=0.0)
 
@@ -564,17 +555,20 @@ def test_miavsr_cpu_inference_runs_its_branches_with_fewer_threads_beside_a_busy
     try:
         torch.set_num_threads(2)
         with torch.no_grad():
-            monkeypatch.setattr(mia_network, 'OtherLoad', lambda: StubLoad(0.0))
+            monkeypatch.setattr(mia_network, 'OtherLoad', lambda: FixedLoad(0.0))
             quiet = model(lqs)
             assert set(seen) == {2}
             seen.clear()
-            monkeypatch.setattr(mia_network, 'OtherLoad', lambda: StubLoad(1.0))
+            monkeypatch.setattr(mia_network, 'OtherLoad', lambda: FixedLoad(1.0))
             loaded = model(lqs)
         assert set(seen) == {1} and torch.get_num_threads() == 2
         torch.testing.assert_close(loaded, quiet, atol=1e-5, rtol=0)
         with torch.no_grad():  # frames with windows enough for chunk workers keep every thread (they do not stall)
             assert mia_network._load_reader(WindowLayout(1, 180, 320, (3, 8, 8), torch.device('cpu'))) is None
             assert mia_network._load_reader(WindowLayout(1, 64, 64, (3, 8, 8), torch.device('cpu'))) is not None
+            monkeypatch.setenv(LOAD_AWARE_ENV, '0')  # opted out: no reader, so no /proc/stat reading per call
+            assert mia_network._load_reader(WindowLayout(1, 64, 64, (3, 8, 8), torch.device('cpu'))) is None
+            monkeypatch.delenv(LOAD_AWARE_ENV)
         assert mia_network._load_reader(WindowLayout(1, 64, 64, (3, 8, 8), torch.device('cpu'))) is None  # grad on
     finally:
         torch.set_num_threads(before)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vsrkit.utils.cpu_load import ENV, OtherLoad, threads_beside_load, threads_for
+from stubs import FixedLoad
 
 linux = pytest.mark.skipif(not os.path.exists('/proc/stat') or not hasattr(os, 'sched_getaffinity'),
                            reason='reads /proc/stat (Linux)')
@@ -24,29 +25,19 @@ def test_one_thread_fewer_per_cpu_that_others_take():
     assert threads_for(4, 16, 3.0) == 4  # never above what was asked
 
 
-class FakeLoad:
-    cpus = [0, 1]
-
-    def __init__(self, others: float | None) -> None:
-        self.others = others
-
-    def since_last(self) -> float | None:
-        return self.others
-
-
 def test_threads_beside_load_sets_and_restores_the_callers_count(monkeypatch):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        with threads_beside_load(FakeLoad(1.0)) as used:
+        with threads_beside_load(FixedLoad(1.0)) as used:
             assert used == torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
-        with threads_beside_load(FakeLoad(0.0)) as used:
+        with threads_beside_load(FixedLoad(0.0)) as used:
             assert used == torch.get_num_threads() == 2
         with threads_beside_load(None) as used:
             assert used == 2
         monkeypatch.setenv(ENV, '0')
-        with threads_beside_load(FakeLoad(1.0)) as used:
+        with threads_beside_load(FixedLoad(1.0)) as used:
             assert used == torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
