@@ -36,9 +36,9 @@ import vsrkit.models  # noqa: F401  (registers the model types)
 from basicsr.losses.basic_loss import CharbonnierLoss
 from vsrkit.engine.options import read_yaml
 from vsrkit.utils.registry import MODEL_REGISTRY
+from miavsr_speed import load_original_class  # this folder's speed benchmark: the same fixture, found the same way
 
 ROOT = Path(__file__).resolve().parents[1]
-ORIGINALS = ROOT.parent / 'shared' / 'reference' / 'originals'
 AMP = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
@@ -102,15 +102,6 @@ def _tensors(nested) -> list[torch.Tensor]:
     if isinstance(nested, torch.Tensor):
         return [nested]
     return [t for item in nested or [] for t in _tensors(item)]
-
-
-def load_original_class():
-    if not (ORIGINALS / 'miavsr' / 'mia_vsr_arch.py').is_file():
-        print(f'baseline: skipped, the original code is not at {ORIGINALS / "miavsr"}')
-        return None
-    sys.path.insert(0, str(ORIGINALS))
-    from miavsr.mia_vsr_arch import MIAVSR as Original
-    return Original
 
 
 def timed(step, device: torch.device) -> tuple[float, float, float]:
