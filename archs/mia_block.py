@@ -150,31 +150,35 @@ class InterIntraBlock(nn.Module):
         tokens, dim = layout.tokens, x.shape[-1]
         windows = current.view(-1, tokens, dim)
         key_pad = layout.key_pad[self.shifted]
-        # per-sample stochastic depth factors, drawn once for the frame as DropPath on the whole frame would
-        drop = [self.drop_path(x.new_ones(layout.batch, 1)) for _ in range(2)] if self.training else None
+        # per-sample stochastic depth factors, drawn once for the frame as DropPath on the whole frame would, per row
+        drop = [self.drop_path(x.new_ones(layout.batch, 1)).repeat_interleave(layout.windows_per_sample * tokens, 0)
+                for _ in range(2)] if self.training else None
         workers, limit = chunk_plan(windows.shape[0], WINDOW_CHUNK, MIN_WINDOWS_PER_WORKER, x.device)
-        chunks = [(slice(first, min(first + limit, stop)), pattern, start // layout.windows_per_sample)
-                  for start, stop, pattern in layout.groups[self.shifted] for first in range(start, stop, limit)]
+        chunks = layout.chunks(self.shifted, limit, across=workers == 1 and spans_pay(x.device))
+        pattern_of = layout.window_pattern[self.shifted]
 
-        def run(chunk: tuple[slice, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            win, pattern, sample = chunk
-            mask = consts.attn_masks[pattern].transpose(0, 1)[None]  # (1, heads, L, S): broadcast
+        def run(chunk: tuple[slice, int | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            win, pattern = chunk
+            if pattern is None:  # (n, heads, L, S): each window's own
+                mask = consts.attn_masks.transpose(1, 2).index_select(0, pattern_of[win])
+            else:
+                mask = consts.attn_masks[pattern].transpose(0, 1)[None]  # (1, heads, L, S): broadcast
             row = slice(win.start * tokens, win.stop * tokens)
             attn_out = self.attn(windows[win], aligned[win], None if key_pad is None else key_pad[win], consts,
                                  mask).view(-1, dim)
             if keep_weight is not None:
                 attn_out = _select(attn_out, state.attn_out[row], keep_weight[win],
                                    None if kept_mask is None else kept_mask[win])
-            y = x[row] + (attn_out if drop is None else attn_out * drop[0][sample])
+            y = x[row] + (attn_out if drop is None else attn_out * drop[0][row].to(attn_out.dtype))
             hidden = self.mlp(self.norm2(y))
             if drop is not None:
-                hidden = hidden * drop[1][sample]
+                hidden = hidden * drop[1][row].to(hidden.dtype)  # in its dtype, as DropPath on it would
             if keep_weight is not None:
                 hidden = _select(hidden, state.mlp_out[row], keep_weight[win],
                                  None if kept_mask is None else kept_mask[win])
             return y + hidden, attn_out, hidden
 
-        sizes = [win.stop - win.start for win, _, _ in chunks]
+        sizes = [win.stop - win.start for win, _ in chunks]
         outs, attn_outs, hiddens = zip(*map_chunks(run, chunks, workers, sizes))
         if not with_state:
             return _joined(outs), None, None
@@ -193,6 +197,16 @@ class InterIntraBlock(nn.Module):
         mlp = map_chunks(lambda chunk: self.mlp(self.norm2(chunk)), kept.split(rows), workers)
         hidden = state.mlp_out.index_copy(0, kept_rows, torch.cat(mlp).to(state.mlp_out.dtype))
         return x + hidden, attn_out, hidden
+
+
+def spans_pay(device: torch.device) -> bool:
+    """Whether a block's chunks should span samples and shift patterns (each window's mask gathered where a chunk
+    holds several) rather than keep to one pattern of one sample (a broadcast mask; chunk workers need those). On
+    CUDA, where every op of a chunk is a kernel launch, they do: chunks of one pattern of one sample made a shifted
+    block of the REDS training batch (3 clips of 64x64) 12 chunks instead of one, and the training step ~2.2x the
+    original's ops. On the CPU they do not: a training step was 10 % slower with spans (the gathered masks and their
+    gradient), eval on par (benchmarks/miavsr_train_step.py, 2 threads)."""
+    return device.type != 'cpu'
 
 
 class _BlockList(nn.Module):

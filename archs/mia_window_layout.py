@@ -120,6 +120,22 @@ class WindowLayout:
         # rows of layout s read from layout 1 - s: one gather undoes one shift and applies the other
         self.switch_index = [row_of[1 - s][positions[s]] for s in (0, 1)]
 
+    def chunks(self, shifted: bool, limit: int, across: bool) -> list[tuple[slice, int | None]]:
+        """Window ranges of at most ``limit`` windows covering the rows of a (shifted) layout in order, each with
+        the shift-mask pattern all its windows share, or None where they have several. ``across`` False: ranges
+        within ``groups[shifted]`` (one pattern, one sample each); True: ranges across samples and patterns (few
+        large calls: what pays where every op is a kernel launch, or saved for autograd)."""
+        if not across:
+            return [(slice(first, min(first + limit, stop)), pattern)
+                    for start, stop, pattern in self.groups[shifted] for first in range(start, stop, limit)]
+        groups = self.groups[shifted]
+        spans = []
+        for first in range(0, groups[-1][1], limit):
+            stop = min(first + limit, groups[-1][1])
+            patterns = {pattern for start, end, pattern in groups if start < stop and end > first}
+            spans.append((slice(first, stop), patterns.pop() if len(patterns) == 1 else None))
+        return spans
+
     def windows(self, image: torch.Tensor, shifted: bool) -> torch.Tensor:
         """(b, h, w, C) -> (rows, C) in the layout of a (shifted) block; padding rows are zero."""
         rows = image.reshape(-1, image.shape[-1]).index_select(0, self.gather[shifted])

@@ -238,6 +238,74 @@ def test_window_layout_round_trips_and_switches():
         assert torch.equal(layout.switch(layout.windows(x, not shifted), shifted), rows)
 
 
+def test_window_layout_chunks_within_groups_or_across_them():
+    """Chunks cover the windows in order, at most ``limit`` each; within groups each holds one pattern of one sample,
+    across them a chunk names its pattern only where all its windows share it."""
+    layout = WindowLayout(2, 12, 20, (3, 8, 8), torch.device('cpu'))  # 6 windows a sample, shifted: 4 patterns
+    for shifted in (False, True):
+        pattern = layout.window_pattern[shifted]
+        for across in (False, True):
+            chunks = layout.chunks(shifted, 5, across)
+            assert [c.start for c, _ in chunks[1:]] == [c.stop for c, _ in chunks[:-1]]
+            assert chunks[0][0].start == 0 and chunks[-1][0].stop == 12
+            for window, named in chunks:
+                assert window.stop - window.start <= 5
+                kinds = pattern[window].unique().tolist()
+                assert named == (kinds[0] if len(kinds) == 1 else None)
+                if not across:
+                    assert window.start // 6 == (window.stop - 1) // 6  # one sample
+        assert len(layout.chunks(shifted, 256, across=True)) == 1
+    assert len(layout.chunks(False, 256, across=False)) == 2 and len(layout.chunks(True, 256, across=False)) == 8
+    assert layout.chunks(False, 256, across=True) == [(slice(0, 12), 0)]
+    assert layout.chunks(True, 256, across=True) == [(slice(0, 12), None)]
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_chunks_across_samples_and_patterns_compute_the_same(monkeypatch, device, training):
+    """One chunk across the samples and shift patterns of a batch (what runs on CUDA: mia_block.spans_pay), each
+    window with its own mask, computes what one chunk per pattern and sample computes: outputs, keep ratios and,
+    in training (Gumbel noise and drop path on, RNG replayed), gradients."""
+    lqs = clip_frames(3, (37, 45), batch=2).to(device)  # padded windows and every shift pattern
+    spanned = []
+    chunks = WindowLayout.chunks
+    monkeypatch.setattr(WindowLayout, 'chunks', lambda self, s, limit, across: spanned.append(across)
+                        or chunks(self, s, limit, across))
+    results = []
+    for across in (False, True):
+        monkeypatch.setattr(mia_block, 'spans_pay', lambda _device, across=across: across)
+        model = tiny_model(drop_path_rate=0.2).to(device).train(training)
+        with torch.set_grad_enabled(training):
+            torch.manual_seed(7)
+            out, keep = model(lqs, return_keep_ratios=True)
+            if training:
+                (out.abs().mean() + keep.mean()).backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.detach(), keep.detach(), grads))
+    assert True in spanned and False in spanned
+    (out0, keep0, grads0), (out1, keep1, grads1) = results
+    assert torch.equal(keep0, keep1) and 0.05 < keep0.mean() < 0.95
+    assert torch.allclose(out0, out1, atol=1e-5)
+    assert grads0.keys() == grads1.keys() and (len(grads0) > 20 or not training)
+    for name in grads0:
+        assert torch.allclose(grads0[name], grads1[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_training_states_keep_the_autocast_dtype():
+    """Under autocast a block's reused outputs stay in half precision (the stochastic depth factors are cast to
+    them): float32 factors promoted them, doubling the states that backward keeps."""
+    block = InterIntraBlock(12, 2, (3, 8, 8), shifted=False, mlp_ratio=2.0, drop_path=0.0,
+                            with_mask_predictor=True).train()
+    layout = WindowLayout(1, 16, 16, (3, 8, 8), torch.device('cpu'))
+    x = layout.windows(torch.randn(1, 16, 16, 12), False)
+    aligned = layout.aligned_windows(normalise(torch.randn(1, 2, 16, 16, 12)), False)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        consts = block.constants(layout)
+        _, state, _ = block(x, aligned, consts, layout, None, MaskControl())
+        _, state, ratio = block(x + 0.1, aligned, consts, layout, state, MaskControl())
+    assert ratio is not None
+    assert state.attn_out.dtype == state.mlp_out.dtype == torch.bfloat16
+
+
 def test_odd_sizes_batch_two_and_small_frames():
     model = tiny_model().eval()
     lqs = clip_frames(3, (37, 45), batch=2)
