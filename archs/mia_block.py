@@ -40,10 +40,14 @@ class BlockState(NamedTuple):
     """What a block hands to the same block at the next frame (all detached, as in the original); rows in the
     block's window layout (see :class:`WindowLayout`)."""
 
-    tokens: torch.Tensor  # current-frame tokens normalised before norm1's affine, zero at padding (R, C)
+    tokens: torch.Tensor  # current-frame tokens normalised before norm1's affine, zero at padding (R, C); or, see:
     attn_out: torch.Tensor  # attention-projection output (R, C)
     mlp_out: torch.Tensor  # MLP output, after drop path (R, C)
-
+    # False: ``tokens`` holds the block's input rows instead, normalised where read (InterIntraBlock.previous_tokens).
+    # Under autograd backward keeps that tensor anyway (the input of the block's checkpoint, or of its first norm), and
+    # normalised copies beside it were a quarter of a training step's memory (REDS recipe); in inference the extra
+    # norm per block and frame would cost up to 15 % (180x320 LR, 2 threads)
+    normalised: bool = True
 
 
 def _select(new: torch.Tensor, old: torch.Tensor, keep_weight: torch.Tensor,
@@ -118,13 +122,11 @@ class InterIntraBlock(nn.Module):
                 state: BlockState | None, control: MaskControl
                 ) -> tuple[torch.Tensor, BlockState | None, torch.Tensor | None]:
         shifted = self.shifted
-        current = normalise(x)
-        if layout.has_padding:  # the original zero-pads after the norm
-            current.index_fill_(0, layout.pad_rows[shifted], 0.0)
+        current = self.normalised(x, layout)
 
         keep_weight = kept_mask = None  # float 0/1 (b*nW, L) decisions; in eval also as bool
         if control.use_mask and consts.mask_weight is not None and state is not None:
-            change = torch.sub(current.detach(), state.tokens).abs_()
+            change = torch.sub(current.detach(), self.previous_tokens(state, layout)).abs_()
             logits = F.linear(change, consts.mask_weight, consts.mask_bias)
             keep_weight = keep_decision(logits.view(-1, layout.tokens), layout.batch, self.training, control)
             if not self.training:
@@ -134,13 +136,28 @@ class InterIntraBlock(nn.Module):
 
         with_state = control.use_mask and consts.mask_weight is not None
         if kept_mask is not None and control.sparse and int(kept_mask.sum()) < SPARSE_BELOW * kept_mask.numel():
-            x, attn_out, hidden = self._forward_kept(x, current, aligned, consts, layout, state, kept_mask)
+            out, attn_out, hidden = self._forward_kept(x, current, aligned, consts, layout, state, kept_mask)
         else:
-            x, attn_out, hidden = self._forward_all(x, current, aligned, consts, layout, state, keep_weight,
-                                                    kept_mask, with_state)
+            out, attn_out, hidden = self._forward_all(x, current, aligned, consts, layout, state, keep_weight,
+                                                      kept_mask, with_state)
         ratio = None if keep_weight is None else keep_weight.mean()
-        new_state = BlockState(current.detach(), attn_out.detach(), hidden.detach()) if with_state else None
-        return x, new_state, ratio
+        new_state = None
+        if with_state:
+            kept_inputs = torch.is_grad_enabled()
+            new_state = BlockState((x if kept_inputs else current).detach(), attn_out.detach(), hidden.detach(),
+                                   normalised=not kept_inputs)
+        return out, new_state, ratio
+
+    def normalised(self, x: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """Rows normalised without affine, zero at padding (the original zero-pads after the norm)."""
+        tokens = normalise(x)
+        if layout.has_padding:
+            tokens.index_fill_(0, layout.pad_rows[self.shifted], 0.0)
+        return tokens
+
+    def previous_tokens(self, state: BlockState, layout: WindowLayout) -> torch.Tensor:
+        """The previous frame's normalised rows of this block (what the change for the keep decision is taken from)."""
+        return state.tokens if state.normalised else self.normalised(state.tokens, layout)
 
     def _forward_all(self, x: torch.Tensor, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
                      layout: WindowLayout, state: BlockState | None, keep_weight: torch.Tensor | None,

@@ -280,7 +280,7 @@ def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
                 _sync(device)
                 best[i] = min(best[i], time.perf_counter() - start)
         # keys/values are computed for the windows holding a kept token: the block's own decision, redone here
-        change = (normalise(tokens[1]) - state.tokens).abs()
+        change = (normalise(tokens[1]) - block.previous_tokens(state, layout)).abs()
         active = [1.0] + [keep_decision(F.linear(change, consts.mask_weight, consts.mask_bias).view(-1, layout.tokens),
                                         1, False, control).any(1).float().mean().item()
                           for _, control, _, consts in modes[1:]]

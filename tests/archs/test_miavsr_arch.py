@@ -290,20 +290,29 @@ def test_chunks_across_samples_and_patterns_compute_the_same(monkeypatch, device
         assert torch.allclose(grads0[name], grads1[name], atol=1e-6, rtol=1e-4), name
 
 
-def test_training_states_keep_the_autocast_dtype():
-    """Under autocast a block's reused outputs stay in half precision (the stochastic depth factors are cast to
-    them): float32 factors promoted them, doubling the states that backward keeps."""
-    block = InterIntraBlock(12, 2, (3, 8, 8), shifted=False, mlp_ratio=2.0, drop_path=0.0,
+def test_training_states_add_little_to_what_backward_keeps():
+    """Under autograd a block's state for the next frame holds its input rows (kept for backward anyway), not a
+    normalised copy, and under autocast its reused outputs stay in half precision (the stochastic depth factors are
+    cast to them: float32 factors promoted them). The keep decisions are those of normalised states (inference)."""
+    block = InterIntraBlock(12, 2, (3, 8, 8), shifted=True, mlp_ratio=2.0, drop_path=0.0,
                             with_mask_predictor=True).train()
-    layout = WindowLayout(1, 16, 16, (3, 8, 8), torch.device('cpu'))
-    x = layout.windows(torch.randn(1, 16, 16, 12), False)
-    aligned = layout.aligned_windows(normalise(torch.randn(1, 2, 16, 16, 12)), False)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        consts = block.constants(layout)
-        _, state, _ = block(x, aligned, consts, layout, None, MaskControl())
-        _, state, ratio = block(x + 0.1, aligned, consts, layout, state, MaskControl())
-    assert ratio is not None
-    assert state.attn_out.dtype == state.mlp_out.dtype == torch.bfloat16
+    block.attn.predmask.rnn.bias.data.fill_(-0.5)  # as tiny_model: decisions that depend on the change
+    block.attn.predmask.rnn.weight.data.uniform_(0.0, 1.0)
+    layout = WindowLayout(1, 12, 20, (3, 8, 8), torch.device('cpu'))  # padded
+    frames = [layout.windows(f, True) for f in clip_frames(2, (12, 20))[0].repeat(1, 4, 1, 1).permute(0, 2, 3, 1)]
+    aligned = layout.aligned_windows(normalise(torch.randn(1, 2, 12, 20, 12)), True)
+    ratios = []
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), torch.autocast('cpu', dtype=torch.bfloat16):
+            consts = block.constants(layout)
+            _, state, _ = block(frames[0], aligned, consts, layout, None, MaskControl(gumbel_noise=False))
+            assert state.normalised is not grad
+            assert (state.tokens.data_ptr() == frames[0].data_ptr()) is grad
+            assert torch.equal(block.previous_tokens(state, layout), block.normalised(frames[0], layout))
+            _, state, ratio = block(frames[1], aligned, consts, layout, state, MaskControl(gumbel_noise=False))
+        ratios.append(ratio.item())
+        assert state.attn_out.dtype == state.mlp_out.dtype == torch.bfloat16
+    assert ratios[0] == ratios[1] and 0.05 < ratios[0] < 0.95
 
 
 def test_odd_sizes_batch_two_and_small_frames():
