@@ -4,9 +4,10 @@ tensors a block derives from its parameters for it (:class:`BlockConstants`); re
 Queries are the current frame's tokens of a 3x8x8 window, keys/values all 192 tokens of the window (the
 current frame and the two flow-aligned previous outputs), with a relative-position bias table indexed
 (64, 192). The projections take tokens normalised without affine (:func:`normalise`): each block's ``norm1``
-affine is folded into the weights (:meth:`vsrkit.archs.mia_block.InterIntraBlock.constants`). Within a run of
-windows with one shift-mask pattern, attention is one SDPA call per WINDOW_CHUNK windows with a broadcast
-(1, heads, L, S) float mask, which keeps CPU SDPA on its fused kernel. In CPU eval, a block with enough windows
+affine is folded into the weights (:meth:`vsrkit.archs.mia_block.InterIntraBlock.constants`). On the CPU, within a
+run of windows with one shift-mask pattern, attention is one SDPA call per WINDOW_CHUNK windows with a broadcast
+(1, heads, L, S) float mask, which keeps CPU SDPA on its fused kernel; on CUDA a call spans samples and patterns,
+each window with its own mask (:func:`vsrkit.archs.mia_block.spans_pay`). In CPU eval, a block with enough windows
 hands its chunks to single-threaded workers (:mod:`vsrkit.utils.chunk_workers`), as many chunks of at most
 WINDOW_CHUNK windows as a multiple of the workers, the costliest first: they meet once per call instead of at every
 op's barrier.

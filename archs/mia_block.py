@@ -44,9 +44,9 @@ class BlockState(NamedTuple):
     attn_out: torch.Tensor  # attention-projection output (R, C)
     mlp_out: torch.Tensor  # MLP output, after drop path (R, C)
     # False: ``tokens`` holds the block's input rows instead, normalised where read (InterIntraBlock.previous_tokens).
-    # Under autograd backward keeps that tensor anyway (the input of the block's checkpoint, or of its first norm), and
-    # normalised copies beside it were a quarter of a training step's memory (REDS recipe); in inference the extra
-    # norm per block and frame would cost up to 15 % (180x320 LR, 2 threads)
+    # Under autograd backward keeps that tensor anyway (the input of the block's checkpoint, or of its first norm):
+    # normalised copies beside it took the peak of an fp16 step of the REDS recipe from 24.4 to 32.4 GB (H200). In
+    # inference the extra norm per block and frame would cost up to 15 % (180x320 LR, 2 threads)
     normalised: bool = True
 
 
@@ -218,11 +218,13 @@ class InterIntraBlock(nn.Module):
 
 def spans_pay(device: torch.device) -> bool:
     """Whether a block's chunks should span samples and shift patterns (each window's mask gathered where a chunk
-    holds several) rather than keep to one pattern of one sample (a broadcast mask; chunk workers need those). On
-    CUDA, where every op of a chunk is a kernel launch, they do: chunks of one pattern of one sample made a shifted
-    block of the REDS training batch (3 clips of 64x64) 12 chunks instead of one, and the training step ~2.2x the
-    original's ops. On the CPU they do not: a training step was 10 % slower with spans (the gathered masks and their
-    gradient), eval on par (benchmarks/miavsr_train_step.py, 2 threads)."""
+    holds several) rather than keep to one pattern of one sample (a broadcast mask; chunk workers need those).
+
+    On CUDA, where every op of a chunk is a kernel launch, they do: with chunks of one pattern of one sample, a shifted
+    block of the REDS training batch (3 clips of 64x64 LR) ran 12 chunks instead of one and the recipe's fp16 training
+    step took 3.2x the original's time; spanning, 0.85x (benchmarks/miavsr_train_step.py, H200). On the CPU they do
+    not: a training step took 10 % longer with spans (the gathered masks and their gradient), eval on par (2 threads).
+    """
     return device.type != 'cpu'
 
 

@@ -20,7 +20,7 @@ layout. The picture, for a batch of one 12x20 frame and 8x8 windows (Wh = Ww = 8
     |   A    |   A    |   B    |   A: all tokens from one region (pattern 0); B (right edge), C (bottom
     +--------+--------+--------+   edge), D (corner): tokens wrapped around from 2 or 4 regions (Swin's 9
     |   C    |   C    |   D    |   regions, -100 between them). Rows: grouped by pattern (A A first);
-    +--------+--------+--------+   ``groups[1]`` lists the (start, stop, pattern) runs, one SDPA call each.
+    +--------+--------+--------+   ``groups[1]`` lists the (start, stop, pattern) runs (see ``chunks``).
 
     switch(rows, s): rows of layout 1 - s -> rows of layout s in one ``index_select`` (undo one roll, apply
     the other). Keys/values of a window: ``aligned_windows`` puts the Wt - 1 = 2 aligned frames' L tokens of
