@@ -80,11 +80,22 @@ class InterIntraWindowAttention(nn.Module):
         """(heads, L, S) additive bias."""
         return self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)
 
-    def keys_values(self, windows: torch.Tensor, aligned: torch.Tensor, key_pad: torch.Tensor | None,
-                    consts: BlockConstants) -> torch.Tensor:
-        """(n, S, 2C) keys and values of n windows: windows (n, L, C) and aligned (n, S-L, C) normalised
-        current-frame and aligned-frame tokens; key_pad: (n, S) padding keys or None."""
-        kv = F.linear(torch.cat([aligned, windows], 1), consts.kv_weight)
+    @staticmethod
+    def keys(aligned: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """(n, S, C) normalised tokens of the keys/values of n windows: ``aligned`` (n, S, C), the aligned frames'
+        tokens and L rows for ``current`` (n, L), the current frame's. In inference ``current`` is written into
+        those rows (``aligned``, a view of the step's tensor that every block of the step reads, is not copied for
+        each block; in the autocast dtype, it is not cast for each either); under autograd it is concatenated."""
+        tokens = current.shape[1]
+        if torch.is_grad_enabled():
+            return torch.cat([aligned[:, :-tokens], current], 1)
+        aligned[:, -tokens:] = current
+        return aligned
+
+    def keys_values(self, keys: torch.Tensor, key_pad: torch.Tensor | None, consts: BlockConstants) -> torch.Tensor:
+        """(n, S, 2C) keys and values of n windows from their normalised tokens ``keys`` (n, S, C) (:meth:`keys`);
+        key_pad: (n, S) padding keys or None."""
+        kv = F.linear(keys, consts.kv_weight)
         if key_pad is not None:
             kv[key_pad] = consts.pad_kv.to(kv.dtype)
         return kv
@@ -103,7 +114,7 @@ class InterIntraWindowAttention(nn.Module):
     def forward(self, windows: torch.Tensor, aligned: torch.Tensor, key_pad: torch.Tensor | None,
                 consts: BlockConstants, mask: torch.Tensor) -> torch.Tensor:
         """Projected attention output (n, L, C) of every current-frame token of n windows."""
-        return self.attend(windows, self.keys_values(windows, aligned, key_pad, consts), consts, mask)
+        return self.attend(windows, self.keys_values(self.keys(aligned, windows), key_pad, consts), consts, mask)
 
     def forward_kept(self, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
                      layout: WindowLayout, shifted: bool, kept_mask: torch.Tensor, previous: torch.Tensor
@@ -111,8 +122,8 @@ class InterIntraWindowAttention(nn.Module):
         """Projected attention output (rows, C) for the kept tokens; the others take ``previous``.
 
         current: (rows, C) normalised current-frame tokens of the layout of a (shifted) block; aligned:
-        (b*nW, S-L, C); kept_mask: bool (b*nW, L). Windows without a kept token are skipped (not even k/v). A
-        window with at most WHOLE_WINDOW_SLACK tokens not kept is computed whole, with the broadcast mask of
+        (b*nW, S, C) as :meth:`keys` takes it; kept_mask: bool (b*nW, L). Windows without a kept token are skipped
+        (not even k/v). A window with at most WHOLE_WINDOW_SLACK tokens not kept is computed whole, with the broadcast mask of
         its shift pattern. The other windows are sorted by their number of kept tokens and taken up to a chunk's
         size at a time (while they hold at least PARTIAL_FILL of the chunk's largest count); a chunk's queries are
         each window's kept tokens, padded to the chunk's largest count, with their mask rows gathered per query.
@@ -121,6 +132,7 @@ class InterIntraWindowAttention(nn.Module):
         out = previous.clone()
         tokens = layout.tokens
         windows = current.view(-1, tokens, self.dim)
+        keys = self.keys(aligned, windows)  # every window's, gathered per chunk
         key_pad = layout.key_pad[shifted]
         kept_counts = kept_mask.sum(1)
         whole = kept_counts >= tokens - WHOLE_WINDOW_SLACK
@@ -140,7 +152,7 @@ class InterIntraWindowAttention(nn.Module):
             queries that are kept tokens (the others pad the chunk or are computed and dropped); mask: broadcast,
             or None to gather per query."""
             which, positions, valid, mask = job
-            kv = self.keys_values(windows.index_select(0, which), aligned.index_select(0, which),
+            kv = self.keys_values(keys.index_select(0, which),
                                   None if key_pad is None else key_pad.index_select(0, which), consts)
             token_rows = which[:, None] * tokens + positions
             queries = current.index_select(0, token_rows.flatten()).view(*positions.shape, self.dim)
@@ -173,8 +185,8 @@ class InterIntraWindowAttention(nn.Module):
                 first = stop
         if jobs:
             # FLOPs of a job over 4C: keys/values of its windows' S tokens, q/proj/attention of its queries
-            keys = aligned.shape[1] + tokens
-            costs = [which.numel() * (keys * self.dim + positions.shape[1] * (self.dim + keys))
+            key_count = aligned.shape[1]
+            costs = [which.numel() * (key_count * self.dim + positions.shape[1] * (self.dim + key_count))
                      for which, positions, _, _ in jobs]
             computed_rows, computed_values = zip(*map_chunks(attend, jobs, workers, costs))
             out.index_copy_(0, torch.cat(computed_rows), torch.cat(computed_values).to(out.dtype))

@@ -73,9 +73,9 @@ class InterIntraBlock(nn.Module):
 
     forward(x, aligned, consts, layout, state, control) -> (x, new_state or None, keep_ratio or None)
       x: (rows, C) current-frame tokens in this block's window layout (``layout.windows(image, shifted)``);
-      aligned: (b*nW, 2L, C) the two aligned frames in the same layout, normalised without affine
-      (``layout.aligned_windows(normalise(tokens), shifted)``); consts: ``self.constants(layout)``. The new
-      state is None when no mask will read it (no predictor, or ``use_mask`` off).
+      aligned: (b*nW, 3L, C) the two aligned frames in the same layout, normalised without affine, and L rows
+      for the current ones (``layout.aligned_windows(normalise(tokens), shifted)``); consts:
+      ``self.constants(layout)``. The new state is None when no mask will read it (no predictor, or ``use_mask`` off).
 
     The block runs WINDOW_CHUNK windows at a time from the norm to the MLP, so its temporaries stay bounded
     whatever the frame size while its parallel regions stay few and large (see ``mia_attention.WINDOW_CHUNK``;

@@ -315,6 +315,37 @@ def test_training_states_add_little_to_what_backward_keeps():
     assert ratios[0] == ratios[1] and 0.05 < ratios[0] < 0.95
 
 
+def test_inference_writes_the_current_tokens_into_the_aligned_rows():
+    """In inference a block's keys are the step's aligned rows with its current tokens written in (no copy per
+    block); under autograd they are a new tensor and the aligned rows stay as they were."""
+    layout = WindowLayout(1, 16, 16, (3, 8, 8), torch.device('cpu'))
+    aligned = layout.aligned_windows(normalise(torch.randn(1, 2, 16, 16, 12)), False)
+    assert aligned.shape == (4, 3 * 64, 12) and not aligned[:, 128:].any()
+    current = torch.randn(4, 64, 12)
+    before = aligned.clone()
+    with torch.enable_grad():
+        keys = mia_attention.InterIntraWindowAttention.keys(aligned, current.requires_grad_())
+    assert keys.requires_grad and torch.equal(aligned, before)
+    assert torch.equal(keys, torch.cat([aligned[:, :128], current], 1))
+    with torch.no_grad():
+        written = mia_attention.InterIntraWindowAttention.keys(aligned, current)
+    assert written.data_ptr() == aligned.data_ptr() and torch.equal(written, keys)
+
+
+def test_inference_computes_what_the_forward_under_autograd_computes():
+    """The inference arrangement (current tokens written into the aligned rows; states of normalised tokens)
+    computes the eval forward with autograd on (concatenated keys; states of input rows): the same decisions, outputs
+    within rounding (SDPA picks another kernel for tensors that require grad)."""
+    model = tiny_model().eval()
+    lqs = clip_frames(3, (37, 45))
+    with torch.no_grad():
+        out, keep = model(lqs, return_keep_ratios=True)
+    out_grad, keep_grad = model(lqs, return_keep_ratios=True)
+    assert out_grad.requires_grad and 0.05 < keep.mean() < 0.95
+    assert torch.equal(keep, keep_grad.detach())
+    assert torch.allclose(out, out_grad.detach(), atol=1e-6)
+
+
 def test_odd_sizes_batch_two_and_small_frames():
     model = tiny_model().eval()
     lqs = clip_frames(3, (37, 45), batch=2)
