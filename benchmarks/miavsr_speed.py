@@ -244,7 +244,10 @@ def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
                autocast_dtype: torch.dtype | None = None) -> list[tuple[str, float, float, float]]:
     """One shifted block of the network at the clip's LR size, on real tokens (the first frame's embedding
     and its two predecessors as aligned frames, the state from the previous frame): (mode, keep ratio,
-    seconds, useful FLOPs) for the mask disabled and each forced keep ratio, timed alternately, best of reps.
+    seconds, useful FLOPs) for the mask disabled and each forced keep ratio, timed alternately, best of reps;
+    masked rows through the path the network takes there (``mask_control``: gathered on the CPU in fp32, every
+    token computed and selected under autocast and on CUDA), with the aligned rows in the autocast dtype as the
+    network hands them over in inference.
 
     Two rankings of the tokens for a forced keep ratio: the random predictor's logits (a random projection of
     the change: kept tokens scattered over nearly every window, so keys/values are computed almost everywhere),
@@ -262,14 +265,17 @@ def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
               for i in range(lqs.shape[1])]
     tokens = [layout.windows(image, True) for image in images]
     aligned = layout.aligned_windows(normalise(torch.stack(images[:2], 1)), True)
+    if autocast_dtype is not None:  # as the network hands them to its blocks in inference under autocast
+        aligned = aligned.to(autocast_dtype)
     autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     with torch.no_grad(), autocast:
+        sparse = model.mask_control(device).sparse  # the path the network takes here (sparse_inference)
         random = block.constants(layout)
         by_change = random._replace(mask_weight=torch.full_like(random.mask_weight, 1 / c),
                                     mask_bias=torch.zeros_like(random.mask_bias))
         _, state, _ = block(tokens[0], aligned, random, layout, None, MaskControl())
         modes = [('block, mask disabled', MaskControl(use_mask=False), 1.0, random)]
-        modes += [(f'block, keep {k} {name}', MaskControl(forced_keep_ratio=k), k, consts)
+        modes += [(f'block, keep {k} {name}', MaskControl(sparse=sparse, forced_keep_ratio=k), k, consts)
                   for name, consts in (('rnd', random), ('chg', by_change)) for k in keeps]
         best = [float('inf')] * len(modes)
         for _ in range(reps):
@@ -722,7 +728,8 @@ def main() -> None:
               'after the row (their mean; block rows: the rate above).\n'
               'block rows: one shifted attention block (of 96) at that size, its seconds per call, x off against '
               'the block with the mask disabled (same dtype), GFLOP of that call (keys/values for all windows with '
-              'a kept token; queries, attention, projection and MLP for kept tokens). rnd: tokens ranked by the random '
+              'a kept token; queries, attention, projection and MLP for kept tokens), through the path the network '
+              'takes (bf16: every token computed, then selected). rnd: tokens ranked by the random '
               'predictor (scattered); chg: by their change since the previous frame (where the picture moves). '
               'share/target/ideal: block time / mask disabled, against 0.15 + 0.85 x keep (1.0 at keep >= 0.9), and the '
               "row's GFLOP / the mask-disabled row's: the least share any arrangement of the same function reaches (keys/"
