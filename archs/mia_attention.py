@@ -80,15 +80,15 @@ class InterIntraWindowAttention(nn.Module):
         """(heads, L, S) additive bias."""
         return self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)
 
-    @staticmethod
-    def keys(aligned: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        """(n, S, C) normalised tokens of the keys/values of n windows: ``aligned`` (n, S, C), the aligned frames'
-        tokens and L rows for ``current`` (n, L), the current frame's. In inference ``current`` is written into
-        those rows (``aligned``, a view of the step's tensor that every block of the step reads, is not copied for
-        each block; in the autocast dtype, it is not cast for each either); under autograd it is concatenated."""
-        tokens = current.shape[1]
-        if torch.is_grad_enabled():
-            return torch.cat([aligned[:, :-tokens], current], 1)
+    def keys(self, aligned: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """(n, S, C) normalised tokens of the keys/values of n windows: ``aligned`` (n, S-L, C), the aligned frames'
+        tokens, or (n, S, C) with L spare rows after them (``WindowLayout.aligned_windows(spare_rows=True)``), and
+        ``current`` (n, L, C), the current frame's. In inference ``current`` is written into the spare rows
+        (``aligned``, a view of the step's tensor that every block of the step reads, is not copied for each block;
+        in the autocast dtype, it is not cast for each either); otherwise it is concatenated."""
+        keys, tokens = self.relative_position_index.shape[1], current.shape[1]
+        if torch.is_grad_enabled() or aligned.shape[1] < keys:
+            return torch.cat([aligned[:, :keys - tokens], current], 1)
         aligned[:, -tokens:] = current
         return aligned
 
@@ -121,8 +121,8 @@ class InterIntraWindowAttention(nn.Module):
                      ) -> torch.Tensor:
         """Projected attention output (rows, C) for the kept tokens; the others take ``previous``.
 
-        current: (rows, C) normalised current-frame tokens of the layout of a (shifted) block; aligned:
-        (b*nW, S, C) as :meth:`keys` takes it; kept_mask: bool (b*nW, L). Windows without a kept token are skipped
+        current: (rows, C) normalised current-frame tokens of the layout of a (shifted) block; aligned: as
+        :meth:`keys` takes it; kept_mask: bool (b*nW, L). Windows without a kept token are skipped
         (not even k/v). A window with at most WHOLE_WINDOW_SLACK tokens not kept is computed whole, with the broadcast mask of
         its shift pattern. The other windows are sorted by their number of kept tokens and taken up to a chunk's
         size at a time (while they hold at least PARTIAL_FILL of the chunk's largest count); a chunk's queries are
@@ -185,7 +185,7 @@ class InterIntraWindowAttention(nn.Module):
                 first = stop
         if jobs:
             # FLOPs of a job over 4C: keys/values of its windows' S tokens, q/proj/attention of its queries
-            key_count = aligned.shape[1]
+            key_count = self.relative_position_index.shape[1]
             costs = [which.numel() * (key_count * self.dim + positions.shape[1] * (self.dim + key_count))
                      for which, positions, _, _ in jobs]
             computed_rows, computed_values = zip(*map_chunks(attend, jobs, workers, costs))

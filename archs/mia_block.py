@@ -73,8 +73,8 @@ class InterIntraBlock(nn.Module):
 
     forward(x, aligned, consts, layout, state, control) -> (x, new_state or None, keep_ratio or None)
       x: (rows, C) current-frame tokens in this block's window layout (``layout.windows(image, shifted)``);
-      aligned: (b*nW, 3L, C) the two aligned frames in the same layout, normalised without affine, and L rows
-      for the current ones (``layout.aligned_windows(normalise(tokens), shifted)``); consts:
+      aligned: (b*nW, 2L, C) the two aligned frames in the same layout, normalised without affine, in inference
+      with L spare rows (``layout.aligned_windows(normalise(tokens), shifted, spare_rows)``); consts:
       ``self.constants(layout)``. The new state is None when no mask will read it (no predictor, or ``use_mask`` off).
 
     The block runs WINDOW_CHUNK windows at a time from the norm to the MLP, so its temporaries stay bounded
@@ -223,7 +223,7 @@ def spans_pay(device: torch.device) -> bool:
     On CUDA, where every op of a chunk is a kernel launch, they do: with chunks of one pattern of one sample, a shifted
     block of the REDS training batch (3 clips of 64x64 LR) ran 12 chunks instead of one and the recipe's fp16 training
     step took 3.2x the original's time; spanning, 0.85x (benchmarks/miavsr_train_step.py, H200). On the CPU they do
-    not: a training step took 10 % longer with spans (the gathered masks and their gradient), eval on par (2 threads).
+    not: a training step took 11 % longer with spans (the gathered masks and their gradient), eval on par (2 threads).
     """
     return device.type != 'cpu'
 

@@ -119,9 +119,10 @@ class PatchAlignTransformer(nn.Module):
         tokens = self.patch_embed.norm(frames.permute(0, 1, 3, 4, 2))
         # every block attends to the same aligned frames: normalised and partitioned once per step
         aligned = normalise(tokens[:, :-1])
-        aligned = [layout.aligned_windows(aligned, shifted) for shifted in (False, True)]
+        inference = not torch.is_grad_enabled()
+        aligned = [layout.aligned_windows(aligned, shifted, spare_rows=inference) for shifted in (False, True)]
         device = layout.device.type
-        if torch.is_autocast_enabled(device) and not torch.is_grad_enabled():
+        if torch.is_autocast_enabled(device) and inference:
             # inference: every block's k/v projection reads them in the autocast dtype; cast once, not per block
             aligned = [rows.to(torch.get_autocast_dtype(device)) for rows in aligned]
         x = tokens[:, -1]

@@ -24,8 +24,8 @@ layout. The picture, for a batch of one 12x20 frame and 8x8 windows (Wh = Ww = 8
 
     switch(rows, s): rows of layout 1 - s -> rows of layout s in one ``index_select`` (undo one roll, apply
     the other). Keys/values of a window: ``aligned_windows`` puts the Wt - 1 = 2 aligned frames' L tokens of
-    the same window side by side (2L rows), the current frame's L tokens follow (S = Wt*L keys; L rows left for
-    them, which each block fills in inference).
+    the same window side by side (2L rows), the current frame's L tokens follow (S = Wt*L keys; in inference L
+    rows are left for them, which each block fills).
 """
 from __future__ import annotations
 
@@ -144,11 +144,12 @@ class WindowLayout:
             rows.index_fill_(0, self.pad_rows[shifted], 0.0)
         return rows
 
-    def aligned_windows(self, frames: torch.Tensor, shifted: bool) -> torch.Tensor:
-        """(b, t, h, w, C) -> (b*nW, (t+1)*L, C): each window's tokens of the t frames, frame after frame, then L zero
-        rows for the current frame's tokens (``InterIntraWindowAttention.keys`` fills them in inference)."""
+    def aligned_windows(self, frames: torch.Tensor, shifted: bool, spare_rows: bool = False) -> torch.Tensor:
+        """(b, t, h, w, C) -> (b*nW, t*L, C): each window's tokens of the t frames, frame after frame; with
+        ``spare_rows``, (b*nW, (t+1)*L, C): then L zero rows for the current frame's tokens, which
+        ``InterIntraWindowAttention.keys`` fills in inference (under autograd they would only take memory)."""
         windows = [self.windows(f, shifted).view(-1, self.tokens, f.shape[-1]) for f in frames.unbind(1)]
-        return torch.cat([*windows, torch.zeros_like(windows[0])], 1)
+        return torch.cat([*windows, torch.zeros_like(windows[0])] if spare_rows else windows, 1)
 
     def image(self, rows: torch.Tensor, shifted: bool) -> torch.Tensor:
         """(rows, C) of a (shifted) layout -> (b, h, w, C) without the padding."""

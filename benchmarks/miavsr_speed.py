@@ -264,7 +264,7 @@ def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
     images = [lqs[:, i].repeat(1, -(-c // 3), 1, 1)[:, :c].permute(0, 2, 3, 1).contiguous()
               for i in range(lqs.shape[1])]
     tokens = [layout.windows(image, True) for image in images]
-    aligned = layout.aligned_windows(normalise(torch.stack(images[:2], 1)), True)
+    aligned = layout.aligned_windows(normalise(torch.stack(images[:2], 1)), True, spare_rows=True)  # as in inference
     if autocast_dtype is not None:  # as the network hands them to its blocks in inference under autocast
         aligned = aligned.to(autocast_dtype)
     autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)

@@ -319,16 +319,21 @@ def test_inference_writes_the_current_tokens_into_the_aligned_rows():
     """In inference a block's keys are the step's aligned rows with its current tokens written in (no copy per
     block); under autograd they are a new tensor and the aligned rows stay as they were."""
     layout = WindowLayout(1, 16, 16, (3, 8, 8), torch.device('cpu'))
-    aligned = layout.aligned_windows(normalise(torch.randn(1, 2, 16, 16, 12)), False)
+    attention = mia_attention.InterIntraWindowAttention(12, (3, 8, 8), 2, with_mask_predictor=False)
+    frames = normalise(torch.randn(1, 2, 16, 16, 12))
+    plain = layout.aligned_windows(frames, False)
+    aligned = layout.aligned_windows(frames, False, spare_rows=True)
+    assert plain.shape == (4, 2 * 64, 12) and torch.equal(aligned[:, :128], plain)
     assert aligned.shape == (4, 3 * 64, 12) and not aligned[:, 128:].any()
     current = torch.randn(4, 64, 12)
     before = aligned.clone()
     with torch.enable_grad():
-        keys = mia_attention.InterIntraWindowAttention.keys(aligned, current.requires_grad_())
+        keys = attention.keys(aligned, current.requires_grad_())
     assert keys.requires_grad and torch.equal(aligned, before)
-    assert torch.equal(keys, torch.cat([aligned[:, :128], current], 1))
+    assert torch.equal(keys, torch.cat([plain, current], 1))
     with torch.no_grad():
-        written = mia_attention.InterIntraWindowAttention.keys(aligned, current)
+        assert torch.equal(attention.keys(plain, current), keys)  # no spare rows: concatenated
+        written = attention.keys(aligned, current)
     assert written.data_ptr() == aligned.data_ptr() and torch.equal(written, keys)
 
 
