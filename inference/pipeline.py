@@ -77,9 +77,11 @@ def output_format(source: FrameSource, writer: Writer, log: Log) -> tuple[type, 
     """(sample dtype of the written frames, whether alpha is written), with one line for what the output
     cannot keep."""
     dtype, alpha = source.dtype, source.has_alpha
-    if dtype == np.uint16 and not writer.keeps_16bit:
-        log(f'note: {source.path} has 16-bit samples; {writer.target} is 8-bit (a folder output keeps 16-bit PNGs)')
-        dtype = np.uint8
+    if source.bits > writer.max_bits:
+        log(f'note: {source.path} has {source.bits}-bit samples; {writer.target} keeps {writer.max_bits} bits '
+            '(a folder output keeps 16-bit PNGs)')
+        if writer.max_bits == 8:
+            dtype = np.uint8
     if alpha and not writer.keeps_alpha:
         log(f'note: the alpha channel of {source.path} is dropped: {writer.target} has none '
             '(a folder output keeps RGBA PNGs)')

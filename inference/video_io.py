@@ -6,11 +6,13 @@ in the input stream's time base, so variable frame rate survives; a folder gets 
 audio and subtitle stream, remuxed packet by packet without re-encoding where the output container can hold its
 codec (one line names each stream it cannot hold, and why); the display rotation and the colour tags
 (matrix, range, primaries, transfer) of the video stream, and the conversion back to YUV uses the input's matrix
-and range. Frames are decoded to RGB24 by FFmpeg's swscale with the stream's own matrix.
+and range. Frames are decoded to RGB by FFmpeg's swscale with the stream's own matrix: 8-bit video to RGB24, video
+of more bits per sample (10-bit HEVC / H.264 High 10, 12-bit, ...) to RGB48, so its low bits reach the network.
 
 Image folders: PNG/JPEG/... frames in name order; 16-bit PNGs stay 16-bit and an alpha channel is carried beside
-the RGB (:class:`Frame`). A folder output writes PNGs that keep both; a video output (H.264 yuv420p, 8 bits, no
-alpha) cannot, and the caller says so in one line (``keeps_alpha`` / ``keeps_16bit``).
+the RGB (:class:`Frame`). A folder output writes PNGs that keep both; a video output (H.264 4:2:0: 8 bits, or
+10 bits (High 10) for input of more than 8 bits; no alpha) keeps at most 10 bits and no alpha, and the caller says
+so in one line where that loses something (``keeps_alpha`` / ``max_bits``).
 
 Safety: the output is written under a temporary name in the output's folder and renamed only when complete;
 ``discard`` removes it.
@@ -79,8 +81,9 @@ class FrameSource:
     """Frames of a video file or an image folder, with the timing of the output stream.
 
     Attributes: time_base (Fraction), rate (Fraction, nominal fps), num_frames (int or None when unknown),
-    height / width, dtype (np.uint8 or np.uint16), has_alpha, look (:class:`VideoLook`), streams (the input's
-    audio and subtitle streams, to be copied)."""
+    height / width, bits (per sample of the input: 8, 10, 12 or 16), dtype (np.uint8 for 8 bits, else np.uint16,
+    the samples scaled to the full 16-bit range), has_alpha, look (:class:`VideoLook`), streams (the input's audio
+    and subtitle streams, to be copied)."""
 
     def __init__(self, path: str | Path, fps: float = 25.0) -> None:
         self.path = Path(path)
@@ -92,7 +95,7 @@ class FrameSource:
         if not self.path.is_file():
             raise FileNotFoundError(f'input {self.path} does not exist')
         self.files: list[Path] = []
-        self.dtype, self.has_alpha = np.uint8, False
+        self.has_alpha = False
         try:
             with av.open(str(self.path)) as container:
                 if not container.streams.video:
@@ -102,6 +105,9 @@ class FrameSource:
                 self.rate = stream.average_rate or stream.guessed_rate or Fraction(25)
                 self.num_frames = stream.frames or None
                 self.height, self.width = stream.codec_context.height, stream.codec_context.width
+                pixels = stream.codec_context.format
+                self.bits = max((c.bits for c in pixels.components), default=8) if pixels is not None else 8
+                self.dtype = np.uint16 if self.bits > 8 else np.uint8
                 self.streams = [(s.index, s.type, s.codec_context.name) for s in container.streams
                                 if s.type in COPIED_STREAMS]
                 first = next(container.decode(stream), None)
@@ -123,6 +129,7 @@ class FrameSource:
         image, alpha = _read_image(self.files[0])
         self.height, self.width = image.shape[:2]
         self.dtype, self.has_alpha = image.dtype.type, alpha is not None
+        self.bits = 8 * image.dtype.itemsize
 
     def frames(self) -> Iterator[Frame]:
         if self.files:
@@ -132,6 +139,7 @@ class FrameSource:
             with av.open(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = 'AUTO'
+                rgb = 'rgb48le' if self.dtype == np.uint16 else 'rgb24'
                 previous = None
                 step = max(1, round(1 / (self.rate * self.time_base))) if self.rate else 1
                 for frame in container.decode(stream):
@@ -139,7 +147,7 @@ class FrameSource:
                     # The encoder needs strictly increasing timestamps (a duplicated pts would drop a frame).
                     pts = pts if previous is None or pts > previous else previous + 1
                     previous = pts
-                    yield Frame(frame.to_ndarray(format='rgb24'), pts)
+                    yield Frame(frame.to_ndarray(format=rgb), pts)
         except av.FFmpegError as err:
             raise ValueError(f'cannot decode video {self.path}: {err}') from None
 
@@ -168,10 +176,11 @@ def _temporary_name(target: Path, suffix: str) -> Path:
 class Writer:
     """Writes RGB frames to a temporary path beside ``target``; ``commit`` renames it into place.
 
-    ``keeps_alpha`` / ``keeps_16bit``: whether the output format holds an alpha channel / 16-bit samples."""
+    ``keeps_alpha``: whether the output format holds an alpha channel; ``max_bits``: the most bits per sample it
+    holds (frames of more than 8 are given as uint16, scaled to the full 16-bit range)."""
 
     keeps_alpha = False
-    keeps_16bit = False
+    max_bits = 8
 
     def __init__(self, target: Path) -> None:
         self.target = target
@@ -200,7 +209,7 @@ class FolderWriter(Writer):
     """PNG frames 00000000.png, 00000001.png, ... (exact; 8 or 16 bits, RGB or RGBA as given)."""
 
     keeps_alpha = True
-    keeps_16bit = True
+    max_bits = 16
 
     def __init__(self, target: Path, overwrite: bool = False) -> None:
         super().__init__(target)
@@ -234,8 +243,11 @@ class FolderWriter(Writer):
 
 
 class VideoWriter(Writer):
-    """H.264 yuv420p with the input's timestamps, rotation and colour tags; the input's audio and subtitle
-    streams remuxed alongside (those the container can hold)."""
+    """H.264 4:2:0 with the input's timestamps, rotation and colour tags; the input's audio and subtitle streams
+    remuxed alongside (those the container can hold). 8-bit frames are encoded as yuv420p, uint16 frames as
+    yuv420p10le (High 10: the 10 high bits of each sample)."""
+
+    max_bits = 10
 
     def __init__(self, target: Path, source: FrameSource, crf: int, preset: str, kinds: tuple[str, ...],
                  log: Log) -> None:
@@ -261,12 +273,13 @@ class VideoWriter(Writer):
                 log(f'not copied: {kind} stream #{index} ({codec}): {self.format} cannot hold {codec}; {hint}')
         return held
 
-    def _open(self, height: int, width: int) -> None:
-        """Open the container at the first frame, when the output size is known (video first, then the rest)."""
+    def _open(self, height: int, width: int, deep: bool) -> None:
+        """Open the container at the first frame, when the output size and depth (``deep``: uint16 frames) are known
+        (video first, then the rest)."""
         self.container = av.open(str(self.tmp), mode='w', format=self.format)
         self.stream = self.container.add_stream('libx264', rate=self.source.rate)
         self.stream.width, self.stream.height = width + width % 2, height + height % 2
-        self.stream.pix_fmt = 'yuv420p'
+        self.stream.pix_fmt = 'yuv420p10le' if deep else 'yuv420p'
         self.stream.time_base = self.source.time_base
         context = self.stream.codec_context
         context.time_base = self.source.time_base
@@ -309,13 +322,13 @@ class VideoWriter(Writer):
     def write(self, image: np.ndarray, pts: int, alpha: np.ndarray | None = None) -> None:
         h, w = image.shape[:2]
         if self.container is None:
-            self._open(h, w)
+            self._open(h, w, image.dtype == np.uint16)
         if h % 2 or w % 2:
             image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode='edge')
-        frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+        frame = av.VideoFrame.from_ndarray(image, format='rgb48le' if image.dtype == np.uint16 else 'rgb24')
         look = self.source.look
         if look.colorspace is not None or look.color_range is not None:  # back to YUV with the input's matrix
-            frame = frame.reformat(format='yuv420p', dst_colorspace=look.colorspace,
+            frame = frame.reformat(format=self.stream.pix_fmt, dst_colorspace=look.colorspace,
                                    dst_color_range=look.color_range)
         frame.pts, frame.time_base = pts, self.source.time_base
         self._mux_until(float(pts * self.source.time_base))

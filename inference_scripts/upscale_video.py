@@ -7,9 +7,10 @@ Usage:
                    [--crf N] [--preset NAME] [--fps F] [--window-padding MODE] [--no-audio] [--no-subtitles]
                    [--backend torch|onnxruntime]
 
-INPUT: a video file (mp4, mkv, avi, mov, ...) or a folder of frames (png/jpg/bmp/tif, sorted by name, 8- or
-16-bit, RGB or RGBA; ``--fps``, default 25, sets their timing). OUTPUT: a video file (.mp4, also .mkv/.mov:
-H.264, yuv420p) or a folder (PNG frames ``00000000.png`` ...; exact, lossless, 16-bit and alpha kept). The
+INPUT: a video file (mp4, mkv, avi, mov, ...; 8 bits per sample, or more, e.g. 10-bit HEVC) or a folder of frames
+(png/jpg/bmp/tif, sorted by name, 8- or 16-bit, RGB or RGBA; ``--fps``, default 25, sets their timing). OUTPUT: a
+video file (.mp4, also .mkv/.mov: H.264, yuv420p; yuv420p10le (High 10) for input of more than 8 bits) or a folder
+(PNG frames ``00000000.png`` ...; exact, lossless, 16-bit and alpha kept). The
 architecture is detected from the checkpoint (:mod:`vsrkit.archs.loader`); ``--opt`` (an options YAML's
 network_g) or ``--arch`` overrides it.
 

@@ -175,3 +175,56 @@ def test_16_bit_png_frames_stay_16_bit(tmp_path, capsys):
     assert main([str(folder), str(tmp_path / 'out.mp4'), '--model', str(ckpt), '--quiet']) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith('note:')]
     assert len(notes) == 1 and '16-bit' in notes[0] and 'out.mp4' in notes[0]
+
+
+def build_10_bit_video(path, frames):
+    """H.264 High 10 (yuv420p10le) of 16-bit RGB frames, tagged BT.709 full range, as PyAV writes it."""
+    with av.open(str(path), 'w') as out:
+        video = out.add_stream('libx264', rate=25)
+        video.width, video.height, video.pix_fmt = frames[0].shape[1], frames[0].shape[0], 'yuv420p10le'
+        video.options = {'qp': '0'}
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format='rgb48le').reformat(format='yuv420p10le')
+            frame.pts = i
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+    return path
+
+
+def decoded(path, rgb):
+    """Every frame of the video at ``path``, and its stream's pixel format."""
+    with av.open(str(path)) as container:
+        return ([f.to_ndarray(format=rgb) for f in container.decode(video=0)],
+                container.streams.video[0].codec_context.format.name)
+
+
+def test_10_bit_video_reaches_the_network_and_the_output_at_10_bits(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    frames = [(f.astype(np.uint16) * 257 + rng.integers(0, 256, f.shape)).astype(np.uint16) for f in photo_frames()]
+    source = build_10_bit_video(tmp_path / 'deep.mp4', frames)
+    given, pixels = decoded(source, 'rgb48le')  # what FFmpeg decodes, independently of vsrkit
+    assert pixels == 'yuv420p10le'
+    ckpt = tmp_path / 'elsr.pth'
+    torch.save({'params': sharpening_elsr(2).state_dict()}, ckpt)
+
+    assert main([str(source), str(tmp_path / 'out'), '--model', str(ckpt), '--quiet']) == 0
+    written = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED)[..., ::-1] for p in sorted((tmp_path / 'out').glob('*.png'))]
+    assert len(written) == 2 and written[0].dtype == np.uint16 and written[0].shape == (64, 80, 3)
+    for image, got in zip(given, written):
+        expected = np.clip(np.round(sharpening_reference(image / 65535.0) * 65535), 0, 65535)
+        assert np.abs(got.astype(np.int64) - expected).max() <= 2
+        inside = (expected > 0) & (expected < 65535)
+        assert (got[inside] % 257 != 0).mean() > 0.9  # not 8-bit values stretched: the low bits came through
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith('note:')]
+
+    assert main([str(source), str(tmp_path / 'out.mkv'), '--model', str(ckpt), '--crf', '0', '--quiet']) == 0
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith('note:')]
+    lumas, pixels = decoded(tmp_path / 'out.mkv', 'gray10le')  # the Y plane as stored
+    assert pixels == 'yuv420p10le' and len(lumas) == 2
+    for folder_frame, luma in zip(written, lumas):  # the folder's frame, to Y by the same swscale matrix
+        expected = av.VideoFrame.from_ndarray(folder_frame, format='rgb48le').to_ndarray(format='gray10le')
+        error = luma.astype(np.float64) - expected  # x264's crf 0 is near-lossless, not lossless, at 10 bits
+        assert 20 * np.log10(1023 / np.sqrt(np.mean(error ** 2))) > 50
+        assert (luma % 4 != 0).mean() > 0.5  # 10-bit samples, not 8-bit ones shifted up
