@@ -30,7 +30,9 @@ which is fp32 (as published it fails under autocast and with cast weights; the r
 vsrkit's bf16 output against its fp32 output. ``--baseline-sizes`` HxW:frames:pairs
 (default 64x64:5:3 and 180x320:5:1 — the original may take minutes there).
 ``--compare-chunks 16`` adds vsrkit with another WINDOW_CHUNK to the alternation (e.g. the former 16);
-``--compare-paths`` adds vsrkit with its sparse path forced on and off (its default chooses per device and dtype).
+``--compare-paths`` adds vsrkit with its sparse path forced on and off (its default chooses per device and dtype);
+``--compare-compile`` adds vsrkit under ``torch.compile`` (inductor, default options), after two untimed warm-up calls
+per condition whose times (the compilation, and a recompilation for the shapes that change) are printed.
 On CUDA (``--devices``), the baseline is one table per precision instead (``--cuda-precisions fp32,bf16,fp16``):
 one warm-up call of each code, then alternating calls, with peak GPU memory and the PSNR of each output against the
 original's fp32 output.
@@ -44,7 +46,7 @@ Usage: python benchmarks/miavsr_speed.py [--sizes 64x64:3,180x320:2 | none] [--k
        [--block-keep 0.9,0.75,0.5,0.25] [--reps 1]
        [--threads N] [--weights checkpoint.pth] [--bf16] [--baseline auto|off|only]
        [--baseline-sizes 64x64:5:3,180x320:5:1] [--baseline-conditions threads,loaded,single,bf16]
-       [--compare-chunks 16] [--compare-paths] [--devices cpu,cuda] [--cuda-precisions fp32,bf16,fp16]
+       [--compare-chunks 16] [--compare-paths] [--compare-compile] [--devices cpu,cuda] [--cuda-precisions fp32,bf16,fp16]
        [--freed-memory retain|default]
 
 The allocator matters to both codes: glibc by default returns large freed blocks to the kernel, and the next
@@ -353,14 +355,28 @@ def progress(line: str) -> None:
     print(f'  [{time.strftime("%H:%M:%S")}] {line}', file=sys.stderr, flush=True)
 
 
-Contestant = tuple[str, 'int | None', 'bool | None']  # (name, WINDOW_CHUNK or None, sparse_inference or None)
+# (name, WINDOW_CHUNK or None, sparse_inference or None, under torch.compile)
+Contestant = tuple[str, 'int | None', 'bool | None', bool]
 
 
 def contestants(args: argparse.Namespace) -> list[Contestant]:
-    """vsrkit as it is, and the variants ``--compare-chunks`` / ``--compare-paths`` add to the alternation."""
-    chunks = [(f'chunk {c}', int(c), None) for c in args.compare_chunks.split(',') if c]
-    paths = [('sparse', None, True), ('dense', None, False)] if args.compare_paths else []
-    return [('vsrkit', None, None)] + chunks + paths
+    """vsrkit as it is, and the variants ``--compare-chunks`` / ``--compare-paths`` / ``--compare-compile`` add to
+    the alternation."""
+    chunks = [(f'chunk {c}', int(c), None, False) for c in args.compare_chunks.split(',') if c]
+    paths = [('sparse', None, True, False), ('dense', None, False, False)] if args.compare_paths else []
+    compiled = [('compiled', None, None, True)] if args.compare_compile else []
+    return [('vsrkit', None, None, False)] + chunks + paths + compiled
+
+
+def warm_up_compiled(args: argparse.Namespace, call, where: str) -> None:
+    """The compiled contestant's two untimed first calls (compilation, then a recompilation where dynamo marks the
+    shapes that changed as dynamic), their times printed."""
+    for name, *_, compiled in contestants(args):
+        if compiled:
+            for n in (1, 2):
+                start = time.perf_counter()
+                call(name)
+                progress(f'{where}: {name}, warm-up call {n}: {time.perf_counter() - start:.1f} s')
 
 
 @contextmanager
@@ -432,6 +448,7 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
     if device.type == 'cuda':
         cuda_baseline(args, original.to(device), ours.to(device), device)
         return
+    compiled_ours = torch.compile(ours) if args.compare_compile else None
     conditions = [c for c in args.baseline_conditions.split(',') if c]
     supported, why = bf16_support(device)
     if 'bf16' in conditions and not (supported or args.bf16):
@@ -464,17 +481,22 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
                 how, run_original, _ = original_runner(original, lqs, dtype, probe=False)  # bf16: a first call
                 if how != 'fp32':
                     label = f'{threads} thr, bf16 ({how})'
+
+                def call(name: str) -> tuple[torch.Tensor, float]:
+                    _, chunk, sparse, compiled = next(c for c in contestants(args) if c[0] == name)
+                    with autocast_for(torch.device('cpu'), dtype):
+                        return _variant_call(ours, lqs, chunk, sparse, compiled_ours if compiled else None)
+
+                warm_up_compiled(args, call, f'{h}x{w} {label}')
                 for _ in range(pairs):
                     start = time.perf_counter()
                     run_original()
                     times['original'].append(time.perf_counter() - start)
                     progress(f'{h}x{w} {label}: original {times["original"][-1]:.2f} s')
-                    for name, chunk, sparse in contestants(args):
-                        with variant(ours, chunk, sparse), autocast_for(torch.device('cpu'), dtype):
-                            start = time.perf_counter()
-                            outputs[name], ratios = ours(lqs, return_keep_ratios=True)
-                            times[name].append(time.perf_counter() - start)
-                        keep = ratios.float().mean().item()
+                    for name, *_ in contestants(args):
+                        start = time.perf_counter()
+                        outputs[name], keep = call(name)
+                        times[name].append(time.perf_counter() - start)
                         progress(f'{h}x{w} {label}: {name} {times[name][-1]:.2f} s')
             if dtype is None and fp32_output is None:
                 fp32_output = outputs['vsrkit']
@@ -518,6 +540,7 @@ def cuda_baseline(args: argparse.Namespace, original: torch.nn.Module, ours: MIA
     one warm-up call of each, both codes' executed FLOPs against the GEMM rate of that dtype, peak memory, and the
     PSNR of each output against the original's fp32 output on the same real frames."""
     precisions = [p for p in args.cuda_precisions.split(',') if p]
+    compiled_ours = torch.compile(ours) if args.compare_compile else None
     print(f'\nbaseline on {torch.cuda.get_device_name(device)}: the original MIA-VSR code vs vsrkit, same seed-0 '
           f'weights and input (carphone clip), eval, no_grad, mask on in both; TF32 matmul '
           f'{torch.backends.cuda.matmul.allow_tf32}, cuDNN TF32 {torch.backends.cudnn.allow_tf32} (torch defaults); '
@@ -537,12 +560,14 @@ def cuda_baseline(args: argparse.Namespace, original: torch.nn.Module, ours: MIA
             with torch.no_grad():
                 how, run_original, original_output = original_runner(original, lqs, dtype)
             calls = {'original': lambda: (run_original(), None)}
-            calls.update({name: lambda chunk=chunk, sparse=sparse: _autocast_call(
-                autocast, lambda: _variant_call(ours, lqs, chunk, sparse)) for name, chunk, sparse in contestants(args)})
+            calls.update({name: lambda chunk=chunk, sparse=sparse, compiled=compiled: _autocast_call(
+                autocast, lambda: _variant_call(ours, lqs, chunk, sparse, compiled_ours if compiled else None))
+                for name, chunk, sparse, compiled in contestants(args)})
             times = {name: [] for name in calls}
             peak = dict.fromkeys(calls, 0.0)
             outputs, gemm = {'original': original_output}, {}
             with torch.no_grad():
+                warm_up_compiled(args, lambda name: calls[name](), f'{h}x{w} {precision}')
                 for name, call in list(calls.items())[1:]:  # warm-up: kernel selection, allocator growth
                     outputs[name], _ = call()
                 for _ in range(pairs):
@@ -589,10 +614,12 @@ def _autocast_call(autocast: torch.autocast, call):
         return call()
 
 
-def _variant_call(ours: MIAVSR, lqs: torch.Tensor, chunk: int | None, sparse: bool | None) -> tuple[torch.Tensor, float]:
-    """vsrkit's output and mean keep ratio, as a variant (see :func:`variant`)."""
+def _variant_call(ours: MIAVSR, lqs: torch.Tensor, chunk: int | None, sparse: bool | None,
+                  compiled: torch.nn.Module | None = None) -> tuple[torch.Tensor, float]:
+    """vsrkit's output and mean keep ratio, as a variant (see :func:`variant`); through ``compiled``, its
+    ``torch.compile`` wrapper, where given."""
     with variant(ours, chunk, sparse):
-        out, ratios = ours(lqs, return_keep_ratios=True)
+        out, ratios = (ours if compiled is None else compiled)(lqs, return_keep_ratios=True)
     return out, ratios.float().mean().item()
 
 
@@ -632,6 +659,9 @@ def main() -> None:
     parser.add_argument('--compare-paths', action='store_true',
                         help='baseline: also time vsrkit with sparse_inference forced on (gather/scatter of the kept '
                              'tokens) and off (every token computed, then selected); vsrkit: its default choice')
+    parser.add_argument('--compare-compile', action='store_true',
+                        help='baseline: also time vsrkit under torch.compile (inductor; two warm-up calls per '
+                             'condition, printed, then in the alternation)')
     parser.add_argument('--baseline-conditions', default='threads,loaded,single,bf16',
                         help='threads (= --threads), loaded (a busy process beside it), single (1 thread), bf16 '
                              '(vsrkit under bf16 autocast; only where bf16 rows are on, see --bf16)')
