@@ -108,11 +108,7 @@ def archive_previous(lock: ExperimentLock) -> tuple[ExperimentLock, Path]:
     The old lock is held through the rename (the lock file moves with the folder), so no other run can have
     been using the folder; it is released only once the new one is held. Returns (new lock, archived path)."""
     root = lock.root
-    archived = root.with_name(f"{root.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
-    suffix = 1
-    while archived.exists():  # two fresh starts within one second
-        archived = root.with_name(f"{root.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}_{suffix}")
-        suffix += 1
+    archived = _archive_name(root)
     root.rename(archived)
     try:
         fresh = ExperimentLock(root).acquire()
@@ -120,6 +116,28 @@ def archive_previous(lock: ExperimentLock) -> tuple[ExperimentLock, Path]:
         lock.release()
         (archived / LOCK_NAME).unlink(missing_ok=True)
     return fresh, archived
+
+
+def _archive_name(folder: Path) -> Path:
+    """An unused ``<name>_archived_<time>`` beside ``folder``."""
+    archived = folder.with_name(f"{folder.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
+    suffix = 1
+    while archived.exists():  # two fresh starts within one second
+        archived = folder.with_name(f"{folder.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}_{suffix}")
+        suffix += 1
+    return archived
+
+
+def archive_event_files(folder: Path) -> Path | None:
+    """A fresh start's TensorBoard folder (``path.tb_logger``, outside the experiment folder, as in BasicSR): where
+    an earlier run left event files, the folder is renamed to ``<name>_archived_<time>`` (TensorBoard would draw
+    them and the new run's as one run, steps 1..N twice); returns where it went, or None. Call under the
+    experiment's lock (the folder is named after the experiment)."""
+    if not folder.is_dir() or not any(folder.rglob('events.out.tfevents.*')):
+        return None
+    archived = _archive_name(folder)
+    folder.rename(archived)
+    return archived
 
 
 def remove_interrupted_writes(*folders: str | Path) -> list[Path]:

@@ -33,8 +33,8 @@ from vsrkit.data.sample_data import ensure_sample_data
 from vsrkit.data.sampling import SeededSamples, ShardedEpochSampler
 from vsrkit.utils.dist import DistInfo, any_rank, barrier, cleanup, init_distributed
 from vsrkit.engine.data_faults import DataFault, GuardedSamples, collate_or_fault, describe_error
-from vsrkit.engine.experiment import (ExperimentLock, archive_previous, check_not_in_use, has_previous_run,
-                                      remove_interrupted_writes, resume_state)
+from vsrkit.engine.experiment import (ExperimentLock, archive_event_files, archive_previous, check_not_in_use,
+                                      has_previous_run, remove_interrupted_writes, resume_state)
 from vsrkit.archs.loader import check_state_dict_fits
 from vsrkit.engine.option_checks import check_options, check_training_set_fits
 from vsrkit.engine.options import dump_options, load_options
@@ -426,7 +426,13 @@ class Trainer:
                 truncate_history(self.history, start_iter)
             attach_log_file(self.opt)
             if self.logger_opt.get('use_tb_logger', True):
-                self.tb = SummaryWriter(self.opt['path']['tb_logger'])
+                events = Path(self.opt['path']['tb_logger'])
+                if self.state_path is None:
+                    archived = archive_event_files(events)
+                    if archived is not None:
+                        logger.info(f'Existing TensorBoard folder moved to {archived}')
+                # resuming: TensorBoard hides what the stopped run logged after the resumed state's iteration
+                self.tb = SummaryWriter(events, purge_step=None if self.state_path is None else start_iter + 1)
         barrier()
 
     def stop_for_data(self, model, fault: object, epoch: int, last_iter: int, micro: int, saved_at: int | None,

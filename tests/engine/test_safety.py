@@ -170,6 +170,35 @@ def test_2_auto_resume_never_silently_starts_over(tmp_path, sample_images, capsy
     assert history(root) == [3, 4]  # continued from the archived state (the earlier lines stay in that folder)
 
 
+def logged_steps(folder: Path) -> list[int]:
+    """The iterations of the 'lr' scalar as TensorBoard shows the run in ``folder`` (purged steps hidden)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return [event.step for event in events.Scalars('lr')]
+
+
+def test_2_tensorboard_shows_each_iteration_once_across_resumes_and_fresh_starts(tmp_path, sample_images, capsys):
+    """Resuming hides what the stopped run logged after the state; a fresh start archives the earlier events
+    beside the experiment folder's archive, where TensorBoard would otherwise draw both runs as one."""
+    opt = options(tmp_path, 'tb')
+    events = tmp_path / 'tb_logger' / 'tb'
+    opt['logger']['use_tb_logger'] = True
+    opt['path']['tb_logger'] = str(events)
+    path = write(tmp_path, opt)
+    root = tmp_path / 'experiments' / 'tb'
+    assert train_main(['-opt', str(path)], root=ROOT) == 0
+    assert logged_steps(events) == [1, 2, 3, 4]
+    assert train_main(['-opt', str(path), '--force_yml', f'path:resume_state={root}/training_states/2.state'],
+                      root=ROOT) == 0
+    assert logged_steps(events) == [1, 2, 3, 4]  # 3 and 4 of the first run hidden, the resumed run's shown
+    assert len(list(events.glob('events.out.tfevents.*'))) == 2
+    assert train_main(['-opt', str(path), '--force_yml', 'train:total_iter=2'], root=ROOT) == 0
+    archived = list(events.parent.glob('tb_archived_*'))
+    assert len(archived) == 1 and logged_steps(archived[0]) == [1, 2, 3, 4]
+    assert logged_steps(events) == [1, 2] and len(list(root.parent.glob('tb_archived_*'))) == 1
+
+
 def test_2_a_state_of_another_network_is_one_line_and_touches_nothing(tmp_path, sample_images, capsys):
     path = write(tmp_path, options(tmp_path, 'other'))
     root = tmp_path / 'experiments' / 'other'
