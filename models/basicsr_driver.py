@@ -15,6 +15,9 @@ weights at run time (basicsr's ``PerceptualLoss`` fetches VGG19).
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,6 +28,7 @@ import vsrkit.utils  # noqa: F401  (basicsr compatibility shim)
 import basicsr.models  # noqa: F401  (registers basicsr's model types)
 import vsrkit.models
 from vsrkit.models.base import prune_training_states
+from vsrkit.utils.atomic import atomic_write
 from vsrkit.utils.dist import get_rank_world
 from vsrkit.utils.registry import MODEL_REGISTRY
 
@@ -140,7 +144,8 @@ class BasicsrModelDriver:
         return averages
 
     def save(self, epoch: int, current_iter: int) -> None:
-        self.model.save(epoch, current_iter)
+        with _atomic_torch_saves():
+            self.model.save(epoch, current_iter)
         keep = (self.opt.get('logger') or {}).get('keep_training_states')
         if keep is not None and self.rank == 0:
             prune_training_states(Path(self.opt['path']['training_states']).glob('*.state'), int(keep))
@@ -158,6 +163,29 @@ class BasicsrModelDriver:
             self.model.load_network(self.model.net_g_ema, str(folder / f"net_g_{state['iter']}.pth"), True,
                                     'params_ema')
         self.model.resume_training(state)
+
+
+@contextmanager
+def _atomic_torch_saves() -> Iterator[None]:
+    """For the duration, ``torch.save`` to a path writes atomically (:func:`vsrkit.utils.atomic.atomic_write`).
+
+    basicsr's ``save_network`` / ``save_training_state`` call ``torch.save`` on the final path: a kill or a full
+    disk mid-write leaves a truncated ``net_g_<iter>.pth`` or ``<iter>.state`` (basicsr logs the error and goes on),
+    which ``--auto_resume`` would then pick. The swap is global but brief: the driver's ``save`` runs on the main
+    thread, between iterations."""
+    save = torch.save
+
+    def atomic(obj: object, f: object, *args, **kwargs) -> None:
+        if isinstance(f, (str, os.PathLike)):
+            atomic_write(f, lambda handle: save(obj, handle, *args, **kwargs))
+        else:
+            save(obj, f, *args, **kwargs)
+
+    torch.save = atomic
+    try:
+        yield
+    finally:
+        torch.save = save
 
 
 def build_driven_model(opt: dict, device: torch.device):

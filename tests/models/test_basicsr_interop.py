@@ -25,6 +25,7 @@ import vsrkit.models  # noqa: F401  (registers the model types)
 from vsrkit.engine.option_checks import check_options, check_training_set_fits
 from vsrkit.engine.options import load_options
 from vsrkit.engine.train_loop import main
+from vsrkit.models.basicsr_driver import build_driven_model
 from vsrkit.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 from vsrkit.utils.signature import OptionsError
 
@@ -241,6 +242,35 @@ def test_vsrkit_loop_drives_basicsr_image_models(photo_pairs, tmp_path, model_ty
     saved = torch.load(experiment / 'models' / 'net_g_4.pth', weights_only=True)
     assert set(saved) == {'params'}  # basicsr's own save
     assert (model_type == 'SRModel') != (experiment / 'models' / 'net_d_4.pth').is_file()
+
+
+def test_driven_basicsr_checkpoints_are_written_atomically(photo_pairs, tmp_path, monkeypatch):
+    """basicsr's saves torch.save onto the final path; a write that dies half-way (a full disk: basicsr logs it and
+    goes on) must leave the earlier checkpoint and state of that name whole, and no temporary file behind."""
+    opt = image_options('atomic', photo_pairs, 'SRModel', {'type': 'ELSR', 'scale': 2, 'num_feat': 4},
+                        {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'pixel_opt': {'type': 'L1Loss'},
+                         'scheduler': {'type': 'MultiStepLR', 'milestones': [2], 'gamma': 0.5}})
+    path = tmp_path / 'atomic.yml'
+    path.write_text(yaml.safe_dump(opt))
+    opt = load_options(path, root=tmp_path)
+    folders = [Path(opt['path'][key]) for key in ('models', 'training_states')]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    driver = build_driven_model(opt, torch.device('cpu'))
+    driver.save(0, 2)
+    written = {p: p.read_bytes() for folder in folders for p in folder.iterdir()}
+    assert sorted(p.name for p in written) == ['2.state', 'net_g_2.pth']
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        handle = open(f, 'wb') if isinstance(f, (str, os.PathLike)) else f
+        handle.write(b'half a checkpoint')
+        handle.flush()
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(torch, 'save', dies_half_way)
+    driver.save(0, 2)
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for folder in folders for p in folder.iterdir()} == written
 
 
 def test_vsrkit_loop_refuses_up_front(photo_pairs, tmp_path, capsys):
