@@ -326,9 +326,12 @@ def sparse_pays(device: torch.device) -> bool:
     """Whether computing only the kept tokens (gather/scatter) beats computing every token and selecting, as
     measured with benchmarks/miavsr_speed.py --compare-paths (same weights and clip, alternating calls, 1x5x3x64x64
     unless said): on the CPU in fp32 it does (8.21 against 8.72 s, 2 threads of an AMX Xeon); under CPU bf16
-    autocast it does not (10.00 against 5.98 s on AMX, whose GEMMs are so cheap that the gathers, scatters and casts
-    cost more than the work they save); on CUDA it never does (H200: fp32 1.51 against 0.80 s, and 3.52 against 2.39 s at 180x320;
-    bf16 autocast 1.98 against 1.20 s), as each gather there is several kernel launches and a host sync."""
+    autocast it does not (8.20 against 5.12 s on AMX). There oneDNN generates a kernel for each new GEMM shape, and
+    the kept rows' shapes change with every mask: with its primitive cache large enough to keep them all
+    (ONEDNN_PRIMITIVE_CACHE_CAPACITY=100000) and the same clip again, 5.81-5.88 against 5.19-5.31 s; without that
+    cost the gathers, scatters and casts still cost more than the cheap bf16 GEMMs they save. On CUDA it never does
+    (H200: fp32 1.51 against 0.80 s, and 3.52 against 2.39 s at 180x320; bf16 autocast 1.98 against 1.20 s), as each
+    gather there is several kernel launches and a host sync."""
     return device.type == 'cpu' and not torch.is_autocast_enabled('cpu')
 
 
