@@ -133,8 +133,9 @@ class ImageStore:
             raise FileNotFoundError(f'Cannot read image {path} (key {key!r}): no such file.') from None
 
     def shape(self, key: str) -> tuple[int, int, int]:
-        """(H, W, C) of an image: from meta_info (lmdb); on disk, as :meth:`read` decodes it (3 channels), sized
-        from a PNG's header or else by decoding."""
+        """(H, W, C) of an image: in an lmdb, as stored (meta_info.txt: C is 1 for a grey image, which :meth:`read`
+        still gives as 3 channels; callers compare it with other meta_info shapes); on disk, as :meth:`read` decodes
+        it (3 channels), sized from a PNG's header or else by decoding."""
         if self.backend == 'lmdb':
             if key not in self._shapes:
                 raise KeyError(f'Key {key!r} is not listed in {self.root / "meta_info.txt"} (lmdb {self.root}).')
