@@ -105,14 +105,14 @@ class FrameSource:
                 self.rate = stream.average_rate or stream.guessed_rate or Fraction(25)
                 self.num_frames = stream.frames or None
                 self.height, self.width = stream.codec_context.height, stream.codec_context.width
-                pixels = stream.codec_context.format
-                self.bits = max((c.bits for c in pixels.components), default=8) if pixels is not None else 8
-                self.dtype = np.uint16 if self.bits > 8 else np.uint8
                 self.streams = [(s.index, s.type, s.codec_context.name) for s in container.streams
                                 if s.type in COPIED_STREAMS]
                 first = next(container.decode(stream), None)
                 if first is None:
                     raise ValueError(f'{self.path}: no video frames could be decoded')
+                # from a decoded frame: a container need not state the pixel format before decoding
+                self.bits = max((c.bits for c in first.format.components), default=8)
+                self.dtype = np.uint16 if self.bits > 8 else np.uint8
                 self.look = VideoLook(int(first.rotation or 0), _specified(first.colorspace),
                                       int(first.color_range) or None, _specified(first.color_primaries),
                                       _specified(first.color_trc))
