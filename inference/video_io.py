@@ -59,6 +59,11 @@ class VideoLook:
     color_trc: int | None = None
 
 
+def _rgb_format(dtype: np.dtype | type) -> str:
+    """FFmpeg's packed RGB format for frames of ``dtype`` (uint8 or uint16 samples)."""
+    return 'rgb48le' if np.dtype(dtype) == np.uint16 else 'rgb24'
+
+
 def _specified(value: int) -> int | None:
     """A matrix / primaries / transfer tag, or None where FFmpeg says 'unspecified' (2)."""
     return None if int(value) == 2 else int(value)
@@ -139,7 +144,7 @@ class FrameSource:
             with av.open(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = 'AUTO'
-                rgb = 'rgb48le' if self.dtype == np.uint16 else 'rgb24'
+                rgb = _rgb_format(self.dtype)
                 previous = None
                 step = max(1, round(1 / (self.rate * self.time_base))) if self.rate else 1
                 for frame in container.decode(stream):
@@ -325,7 +330,7 @@ class VideoWriter(Writer):
             self._open(h, w, image.dtype == np.uint16)
         if h % 2 or w % 2:
             image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode='edge')
-        frame = av.VideoFrame.from_ndarray(image, format='rgb48le' if image.dtype == np.uint16 else 'rgb24')
+        frame = av.VideoFrame.from_ndarray(image, format=_rgb_format(image.dtype))
         look = self.source.look
         if look.colorspace is not None or look.color_range is not None:  # back to YUV with the input's matrix
             frame = frame.reformat(format=self.stream.pix_fmt, dst_colorspace=look.colorspace,
