@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import glob
 import importlib.util
 import math
@@ -66,6 +67,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -368,14 +370,26 @@ def contestants(args: argparse.Namespace) -> list[Contestant]:
     return [('vsrkit', None, None, False)] + chunks + paths + compiled
 
 
-def warm_up_compiled(args: argparse.Namespace, call, where: str) -> None:
+def vsrkit_calls(args: argparse.Namespace, ours: MIAVSR, compiled_ours: torch.nn.Module | None, lqs: torch.Tensor,
+                 dtype: torch.dtype | None) -> dict[str, Callable[[], tuple[torch.Tensor, float]]]:
+    """Per contestant, by name: a call giving vsrkit's output on ``lqs`` and its mean keep ratio, under ``dtype``
+    autocast on the clip's device (None: fp32); ``compiled_ours``: ``torch.compile(ours)`` for ``--compare-compile``."""
+    def call(chunk: int | None, sparse: bool | None, compiled: bool) -> tuple[torch.Tensor, float]:
+        with autocast_for(lqs.device, dtype):
+            return _variant_call(ours, lqs, chunk, sparse, compiled_ours if compiled else None)
+
+    return {name: functools.partial(call, chunk, sparse, compiled)
+            for name, chunk, sparse, compiled in contestants(args)}
+
+
+def warm_up_compiled(args: argparse.Namespace, calls: dict[str, Callable], where: str) -> None:
     """The compiled contestant's two untimed first calls (compilation, then a recompilation where dynamo marks the
     shapes that changed as dynamic), their times printed."""
     for name, *_, compiled in contestants(args):
         if compiled:
             for n in (1, 2):
                 start = time.perf_counter()
-                call(name)
+                calls[name]()
                 progress(f'{where}: {name}, warm-up call {n}: {time.perf_counter() - start:.1f} s')
 
 
@@ -445,10 +459,10 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
     original = Original(**REDS).eval()
     ours = MIAVSR(**REDS).eval()
     ours.load_state_dict(original.state_dict(), strict=True)
-    if device.type == 'cuda':
-        cuda_baseline(args, original.to(device), ours.to(device), device)
-        return
     compiled_ours = torch.compile(ours) if args.compare_compile else None
+    if device.type == 'cuda':
+        cuda_baseline(args, original.to(device), ours.to(device), compiled_ours, device)
+        return
     conditions = [c for c in args.baseline_conditions.split(',') if c]
     supported, why = bf16_support(device)
     if 'bf16' in conditions and not (supported or args.bf16):
@@ -481,21 +495,16 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
                 how, run_original, _ = original_runner(original, lqs, dtype, probe=False)  # bf16: a first call
                 if how != 'fp32':
                     label = f'{threads} thr, bf16 ({how})'
-
-                def call(name: str) -> tuple[torch.Tensor, float]:
-                    _, chunk, sparse, compiled = next(c for c in contestants(args) if c[0] == name)
-                    with autocast_for(torch.device('cpu'), dtype):
-                        return _variant_call(ours, lqs, chunk, sparse, compiled_ours if compiled else None)
-
-                warm_up_compiled(args, call, f'{h}x{w} {label}')
+                calls = vsrkit_calls(args, ours, compiled_ours, lqs, dtype)
+                warm_up_compiled(args, calls, f'{h}x{w} {label}')
                 for _ in range(pairs):
                     start = time.perf_counter()
                     run_original()
                     times['original'].append(time.perf_counter() - start)
                     progress(f'{h}x{w} {label}: original {times["original"][-1]:.2f} s')
-                    for name, *_ in contestants(args):
+                    for name, call in calls.items():
                         start = time.perf_counter()
-                        outputs[name], keep = call(name)
+                        outputs[name], keep = call()
                         times[name].append(time.perf_counter() - start)
                         progress(f'{h}x{w} {label}: {name} {times[name][-1]:.2f} s')
             if dtype is None and fp32_output is None:
@@ -535,12 +544,12 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
-def cuda_baseline(args: argparse.Namespace, original: torch.nn.Module, ours: MIAVSR, device: torch.device) -> None:
+def cuda_baseline(args: argparse.Namespace, original: torch.nn.Module, ours: MIAVSR,
+                  compiled_ours: torch.nn.Module | None, device: torch.device) -> None:
     """The original against vsrkit on a GPU, per precision (fp32; bf16 and fp16 autocast): alternating calls after
     one warm-up call of each, both codes' executed FLOPs against the GEMM rate of that dtype, peak memory, and the
     PSNR of each output against the original's fp32 output on the same real frames."""
     precisions = [p for p in args.cuda_precisions.split(',') if p]
-    compiled_ours = torch.compile(ours) if args.compare_compile else None
     print(f'\nbaseline on {torch.cuda.get_device_name(device)}: the original MIA-VSR code vs vsrkit, same seed-0 '
           f'weights and input (carphone clip), eval, no_grad, mask on in both; TF32 matmul '
           f'{torch.backends.cuda.matmul.allow_tf32}, cuDNN TF32 {torch.backends.cudnn.allow_tf32} (torch defaults); '
@@ -556,18 +565,14 @@ def cuda_baseline(args: argparse.Namespace, original: torch.nn.Module, ours: MIA
         reference, rates = None, {}  # GEMM rate per dtype, measured once per size
         for precision in precisions:
             dtype = PRECISIONS[precision]
-            autocast = torch.autocast('cuda', dtype=dtype, enabled=dtype is not None)
             with torch.no_grad():
                 how, run_original, original_output = original_runner(original, lqs, dtype)
-            calls = {'original': lambda: (run_original(), None)}
-            calls.update({name: lambda chunk=chunk, sparse=sparse, compiled=compiled: _autocast_call(
-                autocast, lambda: _variant_call(ours, lqs, chunk, sparse, compiled_ours if compiled else None))
-                for name, chunk, sparse, compiled in contestants(args)})
+            calls = {'original': lambda: (run_original(), None), **vsrkit_calls(args, ours, compiled_ours, lqs, dtype)}
             times = {name: [] for name in calls}
             peak = dict.fromkeys(calls, 0.0)
             outputs, gemm = {'original': original_output}, {}
             with torch.no_grad():
-                warm_up_compiled(args, lambda name: calls[name](), f'{h}x{w} {precision}')
+                warm_up_compiled(args, calls, f'{h}x{w} {precision}')
                 for name, call in list(calls.items())[1:]:  # warm-up: kernel selection, allocator growth
                     outputs[name], _ = call()
                 for _ in range(pairs):
