@@ -49,6 +49,19 @@ class BlockConstants(NamedTuple):
     mask_weight: torch.Tensor | None  # mask predictor weight times |norm1 weight| (None: no predictor)
     mask_bias: torch.Tensor | None
 
+    def with_one_aligned_frame(self) -> BlockConstants:
+        """These constants for keys whose aligned frames are one frame repeated (a branch's first two steps, where
+        the original attends to the same frame twice): the window's keys are that frame's L tokens, once, and the
+        current frame's, S = 2L.
+
+        A key and value repeated with biases b_1, b_2 contribute e^(s + b_1) + e^(s + b_2) = e^(s + log(e^b_1 +
+        e^b_2)) to the softmax's sums, the same as one key with the bias logaddexp(b_1, b_2): the same function
+        with a third fewer keys, so a third less key/value projection and attention at those steps.
+        """
+        tokens = self.attn_masks.shape[1]
+        aligned = self.attn_masks[..., :-tokens].unflatten(-1, (-1, tokens))
+        return self._replace(attn_masks=torch.cat([aligned.logsumexp(-2), self.attn_masks[..., -tokens:]], -1))
+
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
     """LayerNorm without affine (nn.LayerNorm's eps); the blocks' norm1 affine is folded into their weights."""
@@ -80,13 +93,14 @@ class InterIntraWindowAttention(nn.Module):
         """(heads, L, S) additive bias."""
         return self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)
 
-    def keys(self, aligned: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        """(n, S, C) normalised tokens of the keys/values of n windows: ``aligned`` (n, S-L, C), the aligned frames'
-        tokens, or (n, S, C) with L spare rows after them (``WindowLayout.aligned_windows(spare_rows=True)``), and
-        ``current`` (n, L, C), the current frame's. In inference ``current`` is written into the spare rows
-        (``aligned``, a view of the step's tensor that every block of the step reads, is not copied for each block;
-        in the autocast dtype, it is not cast for each either); otherwise it is concatenated."""
-        keys, tokens = self.relative_position_index.shape[1], current.shape[1]
+    def keys(self, aligned: torch.Tensor, current: torch.Tensor, keys: int) -> torch.Tensor:
+        """(n, S, C) normalised tokens of the ``keys`` = S keys/values of n windows: ``aligned`` (n, S-L, C), the
+        aligned frames' tokens, or (n, S, C) with L spare rows after them
+        (``WindowLayout.aligned_windows(spare_rows=True)``), and ``current`` (n, L, C), the current frame's. In
+        inference ``current`` is written into the spare rows (``aligned``, a view of the step's tensor that every
+        block of the step reads, is not copied for each block; in the autocast dtype, it is not cast for each
+        either); otherwise it is concatenated."""
+        tokens = current.shape[1]
         if torch.is_grad_enabled() or aligned.shape[1] < keys:
             return torch.cat([aligned[:, :keys - tokens], current], 1)
         aligned[:, -tokens:] = current
@@ -94,10 +108,11 @@ class InterIntraWindowAttention(nn.Module):
 
     def keys_values(self, keys: torch.Tensor, key_pad: torch.Tensor | None, consts: BlockConstants) -> torch.Tensor:
         """(n, S, 2C) keys and values of n windows from their normalised tokens ``keys`` (n, S, C) (:meth:`keys`);
-        key_pad: (n, S) padding keys or None."""
+        key_pad: (n, Wt*L) padding keys of the window's frames or None (padding is the same in every frame: its
+        last S columns are those of ``keys``)."""
         kv = F.linear(keys, consts.kv_weight)
         if key_pad is not None:
-            kv[key_pad] = consts.pad_kv.to(kv.dtype)
+            kv[key_pad[:, key_pad.shape[1] - kv.shape[1]:]] = consts.pad_kv.to(kv.dtype)
         return kv
 
     def attend(self, queries: torch.Tensor, kv: torch.Tensor, consts: BlockConstants,
@@ -114,7 +129,8 @@ class InterIntraWindowAttention(nn.Module):
     def forward(self, windows: torch.Tensor, aligned: torch.Tensor, key_pad: torch.Tensor | None,
                 consts: BlockConstants, mask: torch.Tensor) -> torch.Tensor:
         """Projected attention output (n, L, C) of every current-frame token of n windows."""
-        return self.attend(windows, self.keys_values(self.keys(aligned, windows), key_pad, consts), consts, mask)
+        keys = self.keys(aligned, windows, consts.attn_masks.shape[-1])
+        return self.attend(windows, self.keys_values(keys, key_pad, consts), consts, mask)
 
     def forward_kept(self, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
                      layout: WindowLayout, shifted: bool, kept_mask: torch.Tensor, previous: torch.Tensor
@@ -132,7 +148,8 @@ class InterIntraWindowAttention(nn.Module):
         out = previous.clone()
         tokens = layout.tokens
         windows = current.view(-1, tokens, self.dim)
-        keys = self.keys(aligned, windows)  # every window's, gathered per chunk
+        key_count = consts.attn_masks.shape[-1]
+        keys = self.keys(aligned, windows, key_count)  # every window's, gathered per chunk
         key_pad = layout.key_pad[shifted]
         kept_counts = kept_mask.sum(1)
         whole = kept_counts >= tokens - WHOLE_WINDOW_SLACK
@@ -185,7 +202,6 @@ class InterIntraWindowAttention(nn.Module):
                 first = stop
         if jobs:
             # FLOPs of a job over 4C: keys/values of its windows' S tokens, q/proj/attention of its queries
-            key_count = self.relative_position_index.shape[1]
             costs = [which.numel() * (key_count * self.dim + positions.shape[1] * (self.dim + key_count))
                      for which, positions, _, _ in jobs]
             computed_rows, computed_values = zip(*map_chunks(attend, jobs, workers, costs))

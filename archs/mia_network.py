@@ -60,7 +60,10 @@ class PatchAlignTransformer(nn.Module):
     """One propagation branch (the original's ``SwinIRFM``): refines the current frame given two aligned ones.
 
     forward(frames, states, control, layout, constants, use_checkpoint) -> (features, new_states, keep_ratios)
-      frames: (n, 3, C, h, w) = [aligned t-2, aligned t-1, current]; states: one BlockState per block or None
+      frames: (n, 3, C, h, w) = [aligned t-2, aligned t-1, current], or (n, 2, C, h, w) = [aligned, current]
+      where one aligned frame stands for both (the original repeats it at a branch's first two steps: attending
+      to it once with merged biases is the same function, :meth:`BlockConstants.with_one_aligned_frame`);
+      states: one BlockState per block or None
       (first frame), consumed: its entries are set to None as the blocks replace them (a branch's states are
       ~2 GB at 180x320 LR: a second set alive would double the peak); constants: ``self.constants(layout)``;
       keep_ratios: one entry per block (None where no mask acted).
@@ -115,6 +118,8 @@ class PatchAlignTransformer(nn.Module):
     def forward(self, frames: torch.Tensor, states: list[BlockState] | None, control: MaskControl,
                 layout: WindowLayout, constants: list[BlockConstants], use_checkpoint: bool
                 ) -> tuple[torch.Tensor, list[BlockState], list[torch.Tensor | None]]:
+        if frames.shape[1] == 2:
+            constants = [consts.with_one_aligned_frame() for consts in constants]
         center = frames[:, -1]
         tokens = self.patch_embed.norm(frames.permute(0, 1, 3, 4, 2))
         # every block attends to the same aligned frames: normalised and partitioned once per step
@@ -265,17 +270,20 @@ class RecurrentInterIntraVSR(nn.Module):
         outputs, states, ratios = [], None, []
         for step, idx in enumerate(order):
             current = inputs[idx]
+            # the aligned frames: the current one at the first step, the previous output warped at the second (both
+            # twice in the original: passed once, see PatchAlignTransformer)
             if step == 0:
-                frames = torch.stack([current, current, current], dim=1)
+                frames = torch.stack([current, current], dim=1)
             else:
                 flow_n1 = flows[:, flow_of(idx)]
                 cond_n1 = patch_flow_warp(outputs[-1], flow_n1, patch)
-                cond_n2 = cond_n1
-                if step > 1:
+                if step == 1:
+                    frames = torch.stack([cond_n1, current], dim=1)
+                else:
                     prev_idx = order[step - 1]
                     flow_n2 = flow_n1 + flow_warp(flows[:, flow_of(prev_idx)], flow_n1.permute(0, 2, 3, 1))
                     cond_n2 = patch_flow_warp(outputs[-2], flow_n2, patch)
-                frames = torch.stack([cond_n2, cond_n1, current], dim=1)
+                    frames = torch.stack([cond_n2, cond_n1, current], dim=1)
             feature, states, step_ratios = module(frames, states, control, layout, constants, self.use_checkpoint)
             outputs.append(feature)
             ratios.append(step_ratios)

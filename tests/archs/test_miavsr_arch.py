@@ -176,6 +176,37 @@ def test_block_matches_independent_reference(shifted, size):
     assert torch.equal(sparse[~keep], previous[~keep])
 
 
+@pytest.mark.parametrize('shifted', [False, True])
+def test_one_aligned_frame_attended_once_equals_it_repeated(shifted):
+    """At a branch's first two steps the original attends to one aligned frame twice; vsrkit attends to it once
+    with each key's two biases merged (BlockConstants.with_one_aligned_frame): the independent reference with the
+    frame repeated, on a padded frame, with the shift masks, in the dense and the gather/scatter paths."""
+    torch.manual_seed(2)
+    block = InterIntraBlock(12, 2, (3, 8, 8), shifted=shifted, mlp_ratio=2.0, drop_path=0.0,
+                            with_mask_predictor=True).eval()
+    torch.nn.init.normal_(block.attn.relative_position_bias_table, std=2.0)
+    torch.nn.init.normal_(block.attn.qkv.bias, std=0.5)
+    size = (12, 20)
+    x, aligned_frame = torch.randn(1, *size, 12), torch.randn(1, 1, *size, 12)
+    with torch.no_grad():
+        windows, hp, wp = reference_windows(block, x, aligned_frame.expand(-1, 2, -1, -1, -1), shifted)
+        attention = reference_attention(block.attn, windows[:, 128:], windows, hp, wp, shifted)
+        attention = reference_image(attention, hp, wp, *size, shifted)
+        layout = WindowLayout(1, *size, (3, 8, 8), x.device)
+        consts = block.constants(layout).with_one_aligned_frame()
+        aligned = layout.aligned_windows(normalise(aligned_frame), shifted, spare_rows=True)
+        assert consts.attn_masks.shape[-1] == aligned.shape[1] == 128
+        out, _, _ = block(layout.windows(x, shifted), aligned, consts, layout, None, MaskControl())
+        pad = layout.pad[shifted]
+        keep = (torch.rand(pad.shape) < torch.tensor([0.5, 0.0, 1.0, 0.95, 0.2, 0.9])[:, None]) & ~pad
+        current = normalise(layout.windows(x, shifted)).masked_fill(pad.view(-1, 1), 0.0)
+        sparse = block.attn.forward_kept(current, aligned, consts, layout, shifted, keep, torch.zeros_like(current))
+    y = x[0] + attention
+    assert torch.allclose(layout.image(out, shifted)[0], y + block.mlp(block.norm2(y)), atol=1e-5)
+    keep = keep.flatten()
+    assert torch.allclose(sparse[keep], layout.windows(attention[None], shifted)[keep], atol=1e-5)
+
+
 def test_mask_decisions_match_the_original_formula():
     """keep = sigmoid(predmask(|LN1(x_t) - LN1(x_t-1)|) / T) >= 0.5 per token, padding tokens (zero after the
     norm in both frames) included in the ratio; here with norm1's affine folded into the predictor."""
@@ -328,12 +359,12 @@ def test_inference_writes_the_current_tokens_into_the_aligned_rows():
     current = torch.randn(4, 64, 12)
     before = aligned.clone()
     with torch.enable_grad():
-        keys = attention.keys(aligned, current.requires_grad_())
+        keys = attention.keys(aligned, current.requires_grad_(), 192)
     assert keys.requires_grad and torch.equal(aligned, before)
     assert torch.equal(keys, torch.cat([plain, current], 1))
     with torch.no_grad():
-        assert torch.equal(attention.keys(plain, current), keys)  # no spare rows: concatenated
-        written = attention.keys(aligned, current)
+        assert torch.equal(attention.keys(plain, current, 192), keys)  # no spare rows: concatenated
+        written = attention.keys(aligned, current, 192)
     assert written.data_ptr() == aligned.data_ptr() and torch.equal(written, keys)
 
 
