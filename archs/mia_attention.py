@@ -58,9 +58,11 @@ class BlockConstants(NamedTuple):
         e^b_2)) to the softmax's sums, the same as one key with the bias logaddexp(b_1, b_2): the same function
         with a third fewer keys, so a third less key/value projection and attention at those steps.
         """
-        tokens = self.attn_masks.shape[1]
-        aligned = self.attn_masks[..., :-tokens].unflatten(-1, (-1, tokens))
-        return self._replace(attn_masks=torch.cat([aligned.logsumexp(-2), self.attn_masks[..., -tokens:]], -1))
+        masks, tokens = self.attn_masks, self.attn_masks.shape[1]
+        if masks.shape[-1] != 3 * tokens:
+            raise ValueError(f'with_one_aligned_frame: masks of 3 frames of {tokens} keys expected, got {masks.shape[-1]}')
+        merged = torch.logaddexp(masks[..., :tokens], masks[..., tokens:2 * tokens])
+        return self._replace(attn_masks=torch.cat([merged, masks[..., 2 * tokens:]], -1))
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

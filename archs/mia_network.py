@@ -62,11 +62,11 @@ class PatchAlignTransformer(nn.Module):
     forward(frames, states, control, layout, constants, use_checkpoint) -> (features, new_states, keep_ratios)
       frames: (n, 3, C, h, w) = [aligned t-2, aligned t-1, current], or (n, 2, C, h, w) = [aligned, current]
       where one aligned frame stands for both (the original repeats it at a branch's first two steps: attending
-      to it once with merged biases is the same function, :meth:`BlockConstants.with_one_aligned_frame`);
-      states: one BlockState per block or None
+      to it once with merged biases is the same function); states: one BlockState per block or None
       (first frame), consumed: its entries are set to None as the blocks replace them (a branch's states are
-      ~2 GB at 180x320 LR: a second set alive would double the peak); constants: ``self.constants(layout)``;
-      keep_ratios: one entry per block (None where no mask acted).
+      ~2 GB at 180x320 LR: a second set alive would double the peak); constants: ``self.constants(layout)``,
+      with one aligned frame their :meth:`BlockConstants.with_one_aligned_frame`; keep_ratios: one entry per block
+      (None where no mask acted).
 
     ``conv_first``, ``conv_first_feat`` and ``conv_before_upsample`` exist only so that official checkpoints
     load with strict=True: the original applies them only to 3- or 64-channel inputs (never at embed_dim
@@ -118,8 +118,9 @@ class PatchAlignTransformer(nn.Module):
     def forward(self, frames: torch.Tensor, states: list[BlockState] | None, control: MaskControl,
                 layout: WindowLayout, constants: list[BlockConstants], use_checkpoint: bool
                 ) -> tuple[torch.Tensor, list[BlockState], list[torch.Tensor | None]]:
-        if frames.shape[1] == 2:
-            constants = [consts.with_one_aligned_frame() for consts in constants]
+        if constants[0].attn_masks.shape[-1] != frames.shape[1] * layout.tokens:
+            raise ValueError(f'constants for {constants[0].attn_masks.shape[-1] // layout.tokens} frames, '
+                             f'got {frames.shape[1]} frames')
         center = frames[:, -1]
         tokens = self.patch_embed.norm(frames.permute(0, 1, 3, 4, 2))
         # every block attends to the same aligned frames: normalised and partitioned once per step
@@ -266,6 +267,7 @@ class RecurrentInterIntraVSR(nn.Module):
         flow_of = (lambda i: i) if backward else (lambda i: i - 1)
         module = self.patch_align[branch]
         constants = module.constants(layout)
+        one_frame_constants = [consts.with_one_aligned_frame() for consts in constants]
         patch = self.window_size[1:]
         outputs, states, ratios = [], None, []
         for step, idx in enumerate(order):
@@ -284,7 +286,8 @@ class RecurrentInterIntraVSR(nn.Module):
                     flow_n2 = flow_n1 + flow_warp(flows[:, flow_of(prev_idx)], flow_n1.permute(0, 2, 3, 1))
                     cond_n2 = patch_flow_warp(outputs[-2], flow_n2, patch)
                     frames = torch.stack([cond_n2, cond_n1, current], dim=1)
-            feature, states, step_ratios = module(frames, states, control, layout, constants, self.use_checkpoint)
+            feature, states, step_ratios = module(frames, states, control, layout,
+                                                  one_frame_constants if step < 2 else constants, self.use_checkpoint)
             outputs.append(feature)
             ratios.append(step_ratios)
         return (outputs[::-1] if backward else outputs), ratios
