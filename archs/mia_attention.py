@@ -206,6 +206,6 @@ class InterIntraWindowAttention(nn.Module):
             # FLOPs of a job over 4C: keys/values of its windows' S tokens, q/proj/attention of its queries
             costs = [which.numel() * (key_count * self.dim + positions.shape[1] * (self.dim + key_count))
                      for which, positions, _, _ in jobs]
-            computed_rows, computed_values = zip(*map_chunks(attend, jobs, workers, costs))
-            out.index_copy_(0, torch.cat(computed_rows), torch.cat(computed_values).to(out.dtype))
+            for rows, values in map_chunks(attend, jobs, workers, costs):  # not concatenated first: one copy less
+                out.index_copy_(0, rows, values.to(out.dtype))
         return out

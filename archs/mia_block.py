@@ -212,7 +212,9 @@ class InterIntraBlock(nn.Module):
         workers, rows = chunk_plan(kept.shape[0], WINDOW_CHUNK * layout.tokens, MIN_WINDOWS_PER_WORKER * layout.tokens,
                                    x.device)
         mlp = map_chunks(lambda chunk: self.mlp(self.norm2(chunk)), kept.split(rows), workers)
-        hidden = state.mlp_out.index_copy(0, kept_rows, torch.cat(mlp).to(state.mlp_out.dtype))
+        hidden = state.mlp_out.clone()
+        for chunk_rows, values in zip(kept_rows.split(rows), mlp):  # not concatenated first: one copy less
+            hidden.index_copy_(0, chunk_rows, values.to(hidden.dtype))
         return x + hidden, attn_out, hidden
 
 
