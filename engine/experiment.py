@@ -120,10 +120,10 @@ def archive_previous(lock: ExperimentLock) -> tuple[ExperimentLock, Path]:
 
 def _archive_name(folder: Path) -> Path:
     """An unused ``<name>_archived_<time>`` beside ``folder``."""
-    archived = folder.with_name(f"{folder.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
-    suffix = 1
+    name = f"{folder.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}"
+    archived, suffix = folder.with_name(name), 1
     while archived.exists():  # two fresh starts within one second
-        archived = folder.with_name(f"{folder.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}_{suffix}")
+        archived = folder.with_name(f'{name}_{suffix}')
         suffix += 1
     return archived
 
