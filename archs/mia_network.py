@@ -286,8 +286,8 @@ class RecurrentInterIntraVSR(nn.Module):
                     flow_n2 = flow_n1 + flow_warp(flows[:, flow_of(prev_idx)], flow_n1.permute(0, 2, 3, 1))
                     cond_n2 = patch_flow_warp(outputs[-2], flow_n2, patch)
                     frames = torch.stack([cond_n2, cond_n1, current], dim=1)
-            feature, states, step_ratios = module(frames, states, control, layout,
-                                                  one_frame_constants if step < 2 else constants, self.use_checkpoint)
+            step_constants = one_frame_constants if frames.shape[1] == 2 else constants
+            feature, states, step_ratios = module(frames, states, control, layout, step_constants, self.use_checkpoint)
             outputs.append(feature)
             ratios.append(step_ratios)
         return (outputs[::-1] if backward else outputs), ratios
