@@ -137,7 +137,9 @@ class InterIntraWindowAttention(nn.Module):
     def forward_kept(self, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
                      layout: WindowLayout, shifted: bool, kept_mask: torch.Tensor, previous: torch.Tensor
                      ) -> torch.Tensor:
-        """Projected attention output (rows, C) for the kept tokens; the others take ``previous``.
+        """Projected attention output (rows, C) for the kept tokens; the others take ``previous``, which in inference
+        (autograd off) is written into and returned: it is the block's previous output, in a state the block consumes
+        (at 180x320 LR a copy of it was a full-frame pass per block and frame).
 
         current: (rows, C) normalised current-frame tokens of the layout of a (shifted) block; aligned: as
         :meth:`keys` takes it; kept_mask: bool (b*nW, L). Windows without a kept token are skipped
@@ -147,7 +149,7 @@ class InterIntraWindowAttention(nn.Module):
         each window's kept tokens, padded to the chunk's largest count, with their mask rows gathered per query.
         Chunks: at most WINDOW_CHUNK windows, evened out between the chunk workers (module docstring).
         """
-        out = previous.clone()
+        out = previous.clone() if torch.is_grad_enabled() else previous
         tokens = layout.tokens
         windows = current.view(-1, tokens, self.dim)
         key_count = consts.attn_masks.shape[-1]

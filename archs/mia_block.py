@@ -75,7 +75,9 @@ class InterIntraBlock(nn.Module):
       x: (rows, C) current-frame tokens in this block's window layout (``layout.windows(image, shifted)``);
       aligned: (b*nW, 2L, C) the two aligned frames in the same layout, normalised without affine, in inference
       with L spare rows (``layout.aligned_windows(normalise(tokens), shifted, spare_rows)``); consts:
-      ``self.constants(layout)``. The new state is None when no mask will read it (no predictor, or ``use_mask`` off).
+      ``self.constants(layout)``; state: the previous frame's, consumed: in inference (autograd off) the gather/scatter
+      path writes the new outputs into its ``attn_out`` and ``mlp_out``. The new state is None when no mask will read
+      it (no predictor, or ``use_mask`` off).
 
     The block runs WINDOW_CHUNK windows at a time from the norm to the MLP, so its temporaries stay bounded
     whatever the frame size while its parallel regions stay few and large (see ``mia_attention.WINDOW_CHUNK``;
@@ -212,10 +214,10 @@ class InterIntraBlock(nn.Module):
         workers, rows = chunk_plan(kept.shape[0], WINDOW_CHUNK * layout.tokens, MIN_WINDOWS_PER_WORKER * layout.tokens,
                                    x.device)
         mlp = map_chunks(lambda chunk: self.mlp(self.norm2(chunk)), kept.split(rows), workers)
-        hidden = state.mlp_out.clone()
+        hidden = state.mlp_out.clone() if torch.is_grad_enabled() else state.mlp_out  # consumed (forward_kept)
         for chunk_rows, values in zip(kept_rows.split(rows), mlp):  # not concatenated first: one copy less
             hidden.index_copy_(0, chunk_rows, values.to(hidden.dtype))
-        return x + hidden, attn_out, hidden
+        return x.add_(hidden), attn_out, hidden
 
 
 def spans_pay(device: torch.device) -> bool:
