@@ -275,17 +275,17 @@ class RecurrentInterIntraVSR(nn.Module):
             # the aligned frames: the current one at the first step, the previous output warped at the second (both
             # twice in the original: passed once, see PatchAlignTransformer)
             if step == 0:
-                frames = torch.stack([current, current], dim=1)
+                frames = _stacked([current, current])
             else:
                 flow_n1 = flows[:, flow_of(idx)]
                 cond_n1 = patch_flow_warp(outputs[-1], flow_n1, patch)
                 if step == 1:
-                    frames = torch.stack([cond_n1, current], dim=1)
+                    frames = _stacked([cond_n1, current])
                 else:
                     prev_idx = order[step - 1]
                     flow_n2 = flow_n1 + flow_warp(flows[:, flow_of(prev_idx)], flow_n1.permute(0, 2, 3, 1))
                     cond_n2 = patch_flow_warp(outputs[-2], flow_n2, patch)
-                    frames = torch.stack([cond_n2, cond_n1, current], dim=1)
+                    frames = _stacked([cond_n2, cond_n1, current])
             step_constants = one_frame_constants if frames.shape[1] == 2 else constants
             feature, states, step_ratios = module(frames, states, control, layout, step_constants, self.use_checkpoint)
             outputs.append(feature)
@@ -331,6 +331,13 @@ class RecurrentInterIntraVSR(nn.Module):
         if t == 1 or not (control.use_mask and self.has_mask_predictor):
             return out, None
         return out, torch.stack([torch.stack([torch.stack(step) for step in ratios]) for ratios in all_ratios])
+
+
+def _stacked(frames: list[torch.Tensor]) -> torch.Tensor:
+    """(n, C, h, w) frames -> (n, t, C, h, w) with the channels innermost in memory, as the branch's token norm reads
+    them (``frames.permute(0, 1, 3, 4, 2)``): the stack's one copy transposes, instead of a second, transposing copy
+    before the norm (55 ms per step at 180x320 LR)."""
+    return torch.stack([frame.permute(0, 2, 3, 1) for frame in frames], 1).permute(0, 1, 4, 2, 3)
 
 
 def sparse_pays(device: torch.device) -> bool:
