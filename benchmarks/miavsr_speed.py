@@ -36,8 +36,8 @@ per condition whose times (the compilation, and a recompilation for the shapes t
 On CUDA (``--devices``), the baseline is one table per precision instead (``--cuda-precisions fp32,bf16,fp16``):
 one warm-up call of each code, then alternating calls, with peak GPU memory and the PSNR of each output against the
 original's fp32 output.
-Where the time goes: both codes' executed FLOPs are counted (one extra untimed call of each per size, with
-torch's FLOP formulas; the original's only up to ``--count-original`` LR pixels, 64x64 by default: counting held
+Where the time goes: both codes' executed FLOPs are counted (one extra untimed call of each per size, after its
+timed calls, with torch's FLOP formulas; the original's only up to ``--count-original`` LR pixels, 64x64 by default: counting held
 more than 24 GB at 180x320), and vsrkit's are priced at two rates measured under each condition, the GEMM rate and the
 attention kernel's (SDPA on the blocks' shapes: heads of 20 channels, far below the GEMM rate): the sum is the
 floor of vsrkit's work on this machine, and the original's time over it the ceiling of any arrangement of it.
@@ -475,12 +475,8 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
           f'{"attn GF/s":>9} {"orig %":>6} {"vsrkit %":>8} {"floor s":>7} {"ceiling x":>9} {"dB":>5}')
     for h, w, frames, pairs in baseline_sizes(args):
         lqs = real_clip(frames, h, w)
-        # counting runs each op through Python: the original at 180x320 then outgrew 24 GB (--count-original)
-        work = {'original': executed_flops(original, lqs)[0] if h * w <= args.count_original else math.nan}
-        work['vsrkit'], vsrkit_attention = executed_flops(ours, lqs)
-        progress(f'{h}x{w}: executed GFLOP per clip: original {work["original"] / 1e9:.1f}, '
-                 f'vsrkit {work["vsrkit"] / 1e9:.1f} (attention {vsrkit_attention / 1e9:.1f})')
         fp32_output = None  # vsrkit's, the reference of the bf16 condition's PSNR
+        rows = []
         for condition in conditions:
             threads = 1 if condition == 'single' else args.threads
             torch.set_num_threads(threads)
@@ -492,6 +488,8 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
             with competing_load(condition == 'loaded'), torch.no_grad():
                 gemm = gemm_flops_per_s(torch.device('cpu'), dtype or torch.float32)
                 attention = attention_flops_per_s(ours) if dtype is None else math.nan
+                # the original in fp32 (the only way it runs on a CPU) is priced at the fp32 GEMM rate
+                original_gemm = gemm if dtype is None else gemm_flops_per_s(torch.device('cpu'), torch.float32)
                 how, run_original, _ = original_runner(original, lqs, dtype, probe=False)  # bf16: a first call
                 if how != 'fp32':
                     label = f'{threads} thr, bf16 ({how})'
@@ -509,24 +507,32 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
                         progress(f'{h}x{w} {label}: {name} {times[name][-1]:.2f} s')
             if dtype is None and fp32_output is None:
                 fp32_output = outputs['vsrkit']
+            db = {name: (f'{psnr(outputs[name].float(), fp32_output):5.1f}'
+                         if dtype is not None and fp32_output is not None else '-') for name in outputs}
+            rows.append((label, dtype, times, keep, gemm, attention, original_gemm, db))
+        torch.set_num_threads(args.threads)
+        # counted after the timed calls: counting the original (64x64) grew the heap to 4.9 GB, after which vsrkit's
+        # calls took 8 % longer (6.05 -> 6.6 s; running the original itself changed nothing). Counting runs each op
+        # through Python: the original at 180x320 then outgrew 24 GB (--count-original)
+        work = {'original': executed_flops(original, lqs)[0] if h * w <= args.count_original else math.nan}
+        work['vsrkit'], vsrkit_attention = executed_flops(ours, lqs)
+        progress(f'{h}x{w}: executed GFLOP per clip: original {work["original"] / 1e9:.1f}, '
+                 f'vsrkit {work["vsrkit"] / 1e9:.1f} (attention {vsrkit_attention / 1e9:.1f})')
+        for label, dtype, times, keep, gemm, attention, original_gemm, db in rows:
             best = {k: min(v) for k, v in times.items()}
             median = {k: statistics.median(v) for k, v in times.items()}
-            # the original in fp32 (the only way it runs on a CPU) is priced at the fp32 GEMM rate
-            original_gemm = gemm if dtype is None else gemm_flops_per_s(torch.device('cpu'), torch.float32)
             rate = {'original': work['original'] / best['original'] / original_gemm}
             # vsrkit's executed work with nothing but its GEMMs/convolutions at the GEMM rate and its attention
             # at the attention kernel's rate: no copy, gather, norm or Python in between (bf16: all at the GEMM rate)
             floor = ((work['vsrkit'] - vsrkit_attention) / gemm + vsrkit_attention / attention if dtype is None
                      else work['vsrkit'] / gemm)
             for name, *_ in contestants(args):
-                db = (f'{psnr(outputs[name].float(), fp32_output):5.1f}'
-                      if dtype is not None and fp32_output is not None else '-')
                 print(f'{h}x{w:<5} {frames:2} {label:16} {name:10} {pairs:5} {best["original"]:9.2f} '
                       f'{median["original"]:9.2f} {best[name]:11.2f} {median[name]:10.2f} '
                       f'{best["original"] / best[name]:6.2f} {median["original"] / median[name]:6.2f} {keep:5.2f} '
                       f'{gemm / 1e9:9.1f} {attention / 1e9:9.1f} {rate["original"]:6.1%} '
-                      f'{work["vsrkit"] / best[name] / gemm:8.1%} {floor:7.2f} {best["original"] / floor:9.2f} {db:>5}',
-                      flush=True)
+                      f'{work["vsrkit"] / best[name] / gemm:8.1%} {floor:7.2f} {best["original"] / floor:9.2f} '
+                      f'{db[name]:>5}', flush=True)
         torch.set_num_threads(args.threads)
     print('seconds per clip; x: original / vsrkit (same run). GEMM GF/s: the fp32 2048^3 GEMM rate, attn GF/s: the '
           'attention kernel\'s rate on the blocks\' shapes (SDPA, 256 windows, 64 queries, 192 keys, heads of '
