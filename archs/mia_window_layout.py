@@ -120,7 +120,7 @@ class WindowLayout:
                                                                                     values.tolist())])
         # rows of layout s read from layout 1 - s: one gather undoes one shift and applies the other
         self.switch_index = [row_of[1 - s][positions[s]] for s in (0, 1)]
-        self._aligned: dict[tuple, torch.Tensor] = {}  # aligned_windows' indices, by frames, shift, spare rows
+        self._aligned: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # aligned_windows' rows (_aligned_rows)
 
     def chunks(self, shifted: bool, limit: int, across: bool) -> list[tuple[slice, int | None]]:
         """Window ranges of at most ``limit`` windows covering the rows of a (shifted) layout in order, each with
@@ -151,31 +151,26 @@ class WindowLayout:
         which ``InterIntraWindowAttention.keys`` writes in inference before anything reads them (under autograd
         they would only take memory). One gather (the per-frame gathers and their concatenation were three passes
         over a step's largest tensor: 11 against 4 ms at 180x320 LR)."""
-        b, t, h, w, channels = frames.shape
-        rows = frames.reshape(-1, channels).index_select(0, self._aligned_index(t, shifted, spare_rows))
+        t, channels = frames.shape[1], frames.shape[-1]
+        index, pad_rows = self._aligned_rows(t, shifted, spare_rows)
+        rows = frames.reshape(-1, channels).index_select(0, index)
         if self.has_padding:
-            rows.index_fill_(0, self._aligned_pad_rows(t, shifted, spare_rows), 0.0)
+            rows.index_fill_(0, pad_rows, 0.0)
         return rows.view(-1, (t + spare_rows) * self.tokens, channels)
 
-    def _aligned_index(self, frames: int, shifted: bool, spare_rows: bool) -> torch.Tensor:
-        """Rows of (b, t, h, w) frames, flattened, in the order of :meth:`aligned_windows` (spare rows read row 0)."""
-        key = ('index', frames, shifted, spare_rows)
+    def _aligned_rows(self, frames: int, shifted: bool, spare_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index, pad_rows) of :meth:`aligned_windows`: the rows of the flattened (b, t, h, w) frames in its order
+        (spare rows read row 0), and its output rows that are padding (the spare rows are not); built once."""
+        key = (frames, shifted, spare_rows)
         if key not in self._aligned:
             pixels = self.height * self.width
             gather = self.gather[shifted].view(self.batch, -1, self.tokens)  # rows of the (b, h, w) frame
             sample = torch.arange(self.batch, device=self.device).view(-1, 1, 1)
             first = gather + sample * (frames - 1) * pixels  # frame 0 of each sample in the (b, t, h, w) rows
             per_frame = [first + f * pixels for f in range(frames)] + [torch.zeros_like(first)] * spare_rows
-            self._aligned[key] = torch.stack(per_frame, 2).flatten()
-        return self._aligned[key]
-
-    def _aligned_pad_rows(self, frames: int, shifted: bool, spare_rows: bool) -> torch.Tensor:
-        """Rows of :meth:`aligned_windows`' output that are padding (the spare rows are not)."""
-        key = ('pad', frames, shifted, spare_rows)
-        if key not in self._aligned:
             pad = self.pad[shifted][:, None].expand(-1, frames + spare_rows, -1).clone()
             pad[:, frames:] = False
-            self._aligned[key] = torch.nonzero(pad.flatten()).squeeze(1)
+            self._aligned[key] = torch.stack(per_frame, 2).flatten(), torch.nonzero(pad.flatten()).squeeze(1)
         return self._aligned[key]
 
     def image(self, rows: torch.Tensor, shifted: bool) -> torch.Tensor:

@@ -533,7 +533,6 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
                       f'{gemm / 1e9:9.1f} {attention / 1e9:9.1f} {rate["original"]:6.1%} '
                       f'{work["vsrkit"] / best[name] / gemm:8.1%} {floor:7.2f} {best["original"] / floor:9.2f} '
                       f'{db[name]:>5}', flush=True)
-        torch.set_num_threads(args.threads)
     print('seconds per clip; x: original / vsrkit (same run). GEMM GF/s: the fp32 2048^3 GEMM rate, attn GF/s: the '
           'attention kernel\'s rate on the blocks\' shapes (SDPA, 256 windows, 64 queries, 192 keys, heads of '
           'embed_dim / heads channels, float mask); both measured just before the condition, under it (threads, '
