@@ -6,7 +6,9 @@ State between frames is passed explicitly as a :class:`BlockState` and returned 
 so a block is a pure function and gradient checkpointing recomputes exactly what the forward pass computed.
 
 In eval mode the kept tokens are gathered and only they go through the query projection, the attention, the
-output projection and the MLP; results are scattered into the reused previous outputs (``sparse`` path).
+output projection and the MLP; results are scattered into the reused previous outputs (``sparse`` path). Under CPU
+autocast only the MLP's rows are gathered, and the attention of every token is computed and selected
+(:func:`gathered_attention_pays`).
 Keys/values come from every token of a window that has a kept token (windows without one are skipped). When a
 block keeps SPARSE_BELOW or more of its tokens, computing all of them and selecting is cheaper (measured) and
 is done instead. ``MaskControl.sparse=False`` always computes every token and then selects (the dense
@@ -57,7 +59,7 @@ def _select(new: torch.Tensor, old: torch.Tensor, keep_weight: torch.Tensor,
     ``new`` where the bool ``kept_mask`` (n, L) is False (``new``, a fresh output that nothing saves for
     backward, is overwritten: a third of the time of torch.where, measured)."""
     if kept_mask is None:
-        keep_weight = keep_weight.reshape(-1, 1)
+        keep_weight = keep_weight.reshape(-1, 1).to(new.dtype)  # fp32 decisions would promote half-precision rows
         return new * keep_weight + old * (1 - keep_weight)
     reused_rows = torch.nonzero(~kept_mask.reshape(-1)).squeeze(1)
     return new.index_copy_(0, reused_rows, old.index_select(0, reused_rows))
@@ -129,7 +131,9 @@ class InterIntraBlock(nn.Module):
         keep_weight = kept_mask = None  # float 0/1 (b*nW, L) decisions; in eval also as bool
         if control.use_mask and consts.mask_weight is not None and state is not None:
             change = torch.sub(current.detach(), self.previous_tokens(state, layout)).abs_()
-            logits = F.linear(change, consts.mask_weight, consts.mask_bias)
+            # one output: a matrix-vector product (CPU autocast leaves addmv in fp32; it cast the whole frame of
+            # changes to bf16 for F.linear, 4.5x the time, and rounded the logits the decisions threshold)
+            logits = torch.addmv(consts.mask_bias, change, consts.mask_weight[0])
             keep_weight = keep_decision(logits.view(-1, layout.tokens), layout.batch, self.training, control)
             if not self.training:
                 kept_mask = keep_weight.bool()
@@ -166,25 +170,18 @@ class InterIntraBlock(nn.Module):
                      kept_mask: torch.Tensor | None, with_state: bool
                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Every token computed, chunk by chunk; with a mask, tokens not kept take the previous outputs."""
-        tokens, dim = layout.tokens, x.shape[-1]
-        windows = current.view(-1, tokens, dim)
-        key_pad = layout.key_pad[self.shifted]
+        tokens = layout.tokens
+        windows = current.view(-1, tokens, x.shape[-1])
         # per-sample stochastic depth factors, drawn once for the frame as DropPath on the whole frame would, per row
         drop = [self.drop_path(x.new_ones(layout.batch, 1)).repeat_interleave(layout.windows_per_sample * tokens, 0)
                 for _ in range(2)] if self.training else None
         workers, limit = chunk_plan(windows.shape[0], WINDOW_CHUNK, MIN_WINDOWS_PER_WORKER, x.device)
         chunks = layout.chunks(self.shifted, limit, across=workers == 1 and spans_pay(x.device))
-        pattern_of = layout.window_pattern[self.shifted]
 
         def run(chunk: tuple[slice, int | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            win, pattern = chunk
-            if pattern is None:  # (n, heads, L, S): each window's own
-                mask = consts.attn_masks.transpose(1, 2).index_select(0, pattern_of[win])
-            else:
-                mask = consts.attn_masks[pattern].transpose(0, 1)[None]  # (1, heads, L, S): broadcast
+            win = chunk[0]
             row = slice(win.start * tokens, win.stop * tokens)
-            attn_out = self.attn(windows[win], aligned[win], None if key_pad is None else key_pad[win], consts,
-                                 mask).view(-1, dim)
+            attn_out = self._chunk_attention(chunk, windows, aligned, consts, layout)
             if keep_weight is not None:
                 attn_out = _select(attn_out, state.attn_out[row], keep_weight[win],
                                    None if kept_mask is None else kept_mask[win])
@@ -203,21 +200,75 @@ class InterIntraBlock(nn.Module):
             return _joined(outs), None, None
         return _joined(outs), _joined(attn_outs), _joined(hiddens)
 
+    def _chunk_attention(self, chunk: tuple[slice, int | None], windows: torch.Tensor, aligned: torch.Tensor,
+                         consts: BlockConstants, layout: WindowLayout) -> torch.Tensor:
+        """Projected attention output (rows, C) of every current-frame token of a chunk of ``layout.chunks``: a
+        window range and the shift-mask pattern its windows share (None: each window's own mask)."""
+        win, pattern = chunk
+        if pattern is None:  # (n, heads, L, S): each window's own
+            mask = consts.attn_masks.transpose(1, 2).index_select(0, layout.window_pattern[self.shifted][win])
+        else:
+            mask = consts.attn_masks[pattern].transpose(0, 1)[None]  # (1, heads, L, S): broadcast
+        key_pad = layout.key_pad[self.shifted]
+        return self.attn(windows[win], aligned[win], None if key_pad is None else key_pad[win], consts,
+                         mask).view(-1, windows.shape[-1])
+
     def _forward_kept(self, x: torch.Tensor, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
                       layout: WindowLayout, state: BlockState, kept_mask: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Eval: only kept tokens go through q, attention, projection and MLP (gather/scatter)."""
-        attn_out = self.attn.forward_kept(current, aligned, consts, layout, self.shifted, kept_mask, state.attn_out)
+        """Eval: only kept tokens go through the MLP (gather/scatter), and, where that pays
+        (:func:`gathered_attention_pays`), through q, attention and projection; elsewhere the attention of every
+        token is computed and the kept rows selected."""
+        if gathered_attention_pays(x.device):
+            attn_out = self.attn.forward_kept(current, aligned, consts, layout, self.shifted, kept_mask,
+                                              state.attn_out)
+        else:
+            tokens = layout.tokens
+            workers, limit = chunk_plan(kept_mask.shape[0], WINDOW_CHUNK, MIN_WINDOWS_PER_WORKER, x.device)
+            chunks = layout.chunks(self.shifted, limit, across=workers == 1 and spans_pay(x.device))
+            windows = current.view(-1, tokens, x.shape[-1])
+            outs = map_chunks(lambda chunk: self._chunk_attention(chunk, windows, aligned, consts, layout), chunks,
+                              workers, [win.stop - win.start for win, _ in chunks])
+            attn_out = _select(_joined(outs), state.attn_out, None, kept_mask)
         x = x + attn_out
         kept_rows = torch.nonzero(kept_mask.flatten()).squeeze(1)
-        kept = x.index_select(0, kept_rows)
+        bucket = row_bucket(x.device)
+        gathered = torch.cat([kept_rows, kept_rows.new_zeros((-kept_rows.numel()) % bucket)])  # padded: row 0
+        kept = x.index_select(0, gathered)
         workers, rows = chunk_plan(kept.shape[0], WINDOW_CHUNK * layout.tokens, MIN_WINDOWS_PER_WORKER * layout.tokens,
                                    x.device)
+        rows = -(-rows // bucket) * bucket
         mlp = map_chunks(lambda chunk: self.mlp(self.norm2(chunk)), kept.split(rows), workers)
         hidden = state.mlp_out.clone() if torch.is_grad_enabled() else state.mlp_out  # consumed (forward_kept)
         for chunk_rows, values in zip(kept_rows.split(rows), mlp):  # not concatenated first: one copy less
-            hidden.index_copy_(0, chunk_rows, values.to(hidden.dtype))
+            hidden.index_copy_(0, chunk_rows, values[:chunk_rows.numel()].to(hidden.dtype))
         return x.add_(hidden), attn_out, hidden
+
+
+def gathered_attention_pays(device: torch.device) -> bool:
+    """Whether the sparse path (``MaskControl.sparse``) gathers the kept tokens for q, attention and projection too,
+    or computes the attention of every token and selects (the MLP's rows are gathered either way).
+
+    On the CPU in fp32 it does (``mia_network.sparse_pays``). Under CPU bf16 autocast it does not: 5.92 against 4.43 s
+    best, 6.16 against 4.66 s median (benchmarks/miavsr_speed.py --compare-paths, 1x5x3x64x64, 2 threads of an AMX
+    Xeon, the MLP's rows gathered in both). There SDPA's time is not proportional to the queries (per 64 windows of
+    192 keys: 3.20 ms for 48 queries a window against 2.50 ms for 64), the gathers cost as much as the GEMMs they save,
+    and each new shape of the gathered windows' GEMMs is a new oneDNN kernel. On CUDA the sparse path is only taken
+    where ``sparse_inference`` forces it, and then gathers both.
+    """
+    return device.type != 'cpu' or not torch.is_autocast_enabled('cpu')
+
+
+ROW_BUCKET = 256
+
+
+def row_bucket(device: torch.device) -> int:
+    """Multiple the sparse MLP's gathered rows are padded to: ROW_BUCKET under CPU autocast, else 1. There
+    oneDNN builds a kernel for every new GEMM shape (~0.6 ms), and the kept rows' count changes with every mask:
+    bf16 MLP of ~2000 of 4096 rows, 2 threads, 4.2 ms unpadded against 1.1 ms padded to 256 (and 2.2 ms for all
+    4096 rows). Padded to 256 rows a GEMM takes at most 64 shapes (chunks of at most WINDOW_CHUNK windows of 64
+    tokens), which oneDNN's primitive cache (1024 by default) keeps."""
+    return ROW_BUCKET if device.type == 'cpu' and torch.is_autocast_enabled('cpu') else 1
 
 
 def spans_pay(device: torch.device) -> bool:

@@ -341,16 +341,16 @@ def _stacked(frames: list[torch.Tensor]) -> torch.Tensor:
 
 
 def sparse_pays(device: torch.device) -> bool:
-    """Whether computing only the kept tokens (gather/scatter) beats computing every token and selecting, as
-    measured with benchmarks/miavsr_speed.py --compare-paths (same weights and clip, alternating calls, 1x5x3x64x64
-    unless said): on the CPU in fp32 it does (8.21 against 8.72 s, 2 threads of an AMX Xeon); under CPU bf16
-    autocast it does not (8.20 against 5.12 s on AMX). There oneDNN generates a kernel for each new GEMM shape, and
-    the kept rows' shapes change with every mask: with its primitive cache large enough to keep them all
-    (ONEDNN_PRIMITIVE_CACHE_CAPACITY=100000) and the same clip again, 5.81-5.88 against 5.19-5.31 s; without that
-    cost the gathers, scatters and casts still cost more than the cheap bf16 GEMMs they save. On CUDA it never does
-    (H200: fp32 1.51 against 0.80 s, and 3.52 against 2.39 s at 180x320; bf16 autocast 1.98 against 1.20 s), as each
-    gather there is several kernel launches and a host sync."""
-    return device.type == 'cpu' and not torch.is_autocast_enabled('cpu')
+    """Whether computing only the kept tokens (gather/scatter, ``MaskControl.sparse``) beats computing every token
+    and selecting, as measured with benchmarks/miavsr_speed.py --compare-paths (same weights and clip, alternating
+    calls, 1x5x3x64x64 unless said, 2 threads of an AMX Xeon): on the CPU it does, in fp32 (6.24 against 6.92 s best,
+    6.33 against 7.03 s median) and, with the attention of every token computed there and only the MLP's rows
+    gathered (``mia_block.gathered_attention_pays``, ``mia_block.row_bucket``), under bf16 autocast (4.40 against
+    4.91 s best, 4.55 against 4.91 s median; before, with the attention gathered too and the MLP rows unpadded, it
+    took 8.20 against 5.12 s). On CUDA it never
+    does (H200: fp32 1.51 against 0.80 s, and 3.52 against 2.39 s at 180x320; bf16 autocast 1.98 against 1.20 s),
+    as each gather there is several kernel launches and a host sync."""
+    return device.type == 'cpu'
 
 
 def _load_reader(layout: WindowLayout) -> OtherLoad | None:

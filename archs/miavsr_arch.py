@@ -16,7 +16,8 @@ Bugs of the original fixed here (each has a test in tests/archs/test_miavsr_arch
 (e) batch size > 1 at inference (the original flattens the batch into one token list), and the mask's
     saving is realised: in eval mode tokens that are not kept skip the query projection, the attention, the
     output projection and the MLP (gather/scatter); the original computed q/k/v and attention for all tokens.
-    By default only where that was measured faster, on the CPU in fp32 (``sparse_inference``, below).
+    By default only where that was measured faster: on the CPU, under CPU autocast for the MLP only
+    (``sparse_inference``, below).
 Also: LR frames of any size (smaller than 64 px are padded for SpyNet, the output is cropped); SpyNet is
 never downloaded.
 """
@@ -57,8 +58,8 @@ class MIAVSR(RecurrentInterIntraVSR):
     Runtime attributes: ``sparse_inference`` (True: in eval a block that keeps less than
     ``mia_block.SPARSE_BELOW`` (95%) of its tokens computes only those, above that computing all and selecting
     is cheaper; False always computes all tokens and selects, the dense reference; None, the default: sparse
-    where it pays, on the CPU in fp32, and dense on CUDA and under autocast, as measured:
-    ``mia_network.sparse_pays``), ``forced_keep_ratio`` (None, or a fraction: in eval keep that
+    where it pays, on the CPU (under CPU autocast for the MLP only: ``mia_block.gathered_attention_pays``), and
+    dense on CUDA, as measured: ``mia_network.sparse_pays``), ``forced_keep_ratio`` (None, or a fraction: in eval keep that
     share of each sample's tokens with the highest logits, e.g. to benchmark untrained weights).
 
     forward(lqs, return_keep_ratios=False): lqs (n, t, C, h, w) -> (n, t, C, 4h, 4w); with

@@ -30,7 +30,8 @@ which is fp32 (as published it fails under autocast and with cast weights; the r
 vsrkit's bf16 output against its fp32 output. ``--baseline-sizes`` HxW:frames:pairs
 (default 64x64:5:3 and 180x320:5:1 — the original may take minutes there).
 ``--compare-chunks 16`` adds vsrkit with another WINDOW_CHUNK to the alternation (e.g. the former 16);
-``--compare-paths`` adds vsrkit with its sparse path forced on and off (its default chooses per device and dtype);
+``--compare-paths`` adds vsrkit with its sparse path forced on and off, and on with the kept tokens' attention gathered too
+(its default chooses per device and dtype: mia_network.sparse_pays, mia_block.gathered_attention_pays);
 ``--compare-compile`` adds vsrkit under ``torch.compile`` (inductor, default options), after two untimed warm-up calls
 per condition whose times (the compilation, and a recompilation for the shapes that change) are printed.
 On CUDA (``--devices``), the baseline is one table per precision instead (``--cuda-precisions fp32,bf16,fp16``):
@@ -249,9 +250,9 @@ def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
     """One shifted block of the network at the clip's LR size, on real tokens (the first frame's embedding
     and its two predecessors as aligned frames, the state from the previous frame): (mode, keep ratio,
     seconds, useful FLOPs) for the mask disabled and each forced keep ratio, timed alternately, best of reps;
-    masked rows through the path the network takes there (``mask_control``: gathered on the CPU in fp32, every
-    token computed and selected under autocast and on CUDA), with the aligned rows in the autocast dtype as the
-    network hands them over in inference.
+    masked rows through the path the network takes there (``mask_control``: kept tokens gathered on the CPU, under
+    CPU autocast for the MLP only, the attention of every token computed and selected; every token computed and
+    selected on CUDA), with the aligned rows in the autocast dtype as the network hands them over in inference.
 
     Two rankings of the tokens for a forced keep ratio: the random predictor's logits (a random projection of
     the change: kept tokens scattered over nearly every window, so keys/values are computed almost everywhere),
@@ -357,15 +358,17 @@ def progress(line: str) -> None:
     print(f'  [{time.strftime("%H:%M:%S")}] {line}', file=sys.stderr, flush=True)
 
 
-# (name, WINDOW_CHUNK or None, sparse_inference or None, under torch.compile)
-Contestant = tuple[str, 'int | None', 'bool | None', bool]
+# (name, WINDOW_CHUNK or None, a path of PATHS or None, under torch.compile)
+Contestant = tuple[str, 'int | None', 'str | None', bool]
+# --compare-paths: (sparse_inference, gathered attention forced on or None: mia_block.gathered_attention_pays decides)
+PATHS = {'sparse': (True, None), 'dense': (False, None), 'gathered': (True, True)}
 
 
 def contestants(args: argparse.Namespace) -> list[Contestant]:
     """vsrkit as it is, and the variants ``--compare-chunks`` / ``--compare-paths`` / ``--compare-compile`` add to
     the alternation."""
     chunks = [(f'chunk {c}', int(c), None, False) for c in args.compare_chunks.split(',') if c]
-    paths = [('sparse', None, True, False), ('dense', None, False, False)] if args.compare_paths else []
+    paths = [(path, None, path, False) for path in PATHS] if args.compare_paths else []
     compiled = [('compiled', None, None, True)] if args.compare_compile else []
     return [('vsrkit', None, None, False)] + chunks + paths + compiled
 
@@ -374,12 +377,12 @@ def vsrkit_calls(args: argparse.Namespace, ours: MIAVSR, compiled_ours: torch.nn
                  dtype: torch.dtype | None) -> dict[str, Callable[[], tuple[torch.Tensor, float]]]:
     """Per contestant, by name: a call giving vsrkit's output on ``lqs`` and its mean keep ratio, under ``dtype``
     autocast on the clip's device (None: fp32); ``compiled_ours``: ``torch.compile(ours)`` for ``--compare-compile``."""
-    def call(chunk: int | None, sparse: bool | None, compiled: bool) -> tuple[torch.Tensor, float]:
+    def call(chunk: int | None, path: str | None, compiled: bool) -> tuple[torch.Tensor, float]:
         with autocast_for(lqs.device, dtype):
-            return _variant_call(ours, lqs, chunk, sparse, compiled_ours if compiled else None)
+            return _variant_call(ours, lqs, chunk, path, compiled_ours if compiled else None)
 
-    return {name: functools.partial(call, chunk, sparse, compiled)
-            for name, chunk, sparse, compiled in contestants(args)}
+    return {name: functools.partial(call, chunk, path, compiled)
+            for name, chunk, path, compiled in contestants(args)}
 
 
 def warm_up_compiled(args: argparse.Namespace, calls: dict[str, Callable], where: str) -> None:
@@ -394,19 +397,21 @@ def warm_up_compiled(args: argparse.Namespace, calls: dict[str, Callable], where
 
 
 @contextmanager
-def variant(ours: MIAVSR, chunk: int | None, sparse: bool | None):
-    """vsrkit with another WINDOW_CHUNK (windows per chunk of a block) and / or ``sparse_inference`` for the
-    duration (None: as it is)."""
-    saved = mia_attention.WINDOW_CHUNK, ours.sparse_inference
+def variant(ours: MIAVSR, chunk: int | None, path: str | None):
+    """vsrkit with another WINDOW_CHUNK (windows per chunk of a block) and / or a path of PATHS for the duration
+    (None: as it is)."""
+    saved = mia_attention.WINDOW_CHUNK, ours.sparse_inference, mia_block.gathered_attention_pays
     if chunk is not None:
         mia_attention.WINDOW_CHUNK = mia_block.WINDOW_CHUNK = chunk
-    if sparse is not None:
-        ours.sparse_inference = sparse
+    if path is not None:
+        ours.sparse_inference, gathered = PATHS[path]
+        if gathered is not None:
+            mia_block.gathered_attention_pays = lambda device: gathered
     try:
         yield
     finally:
         mia_attention.WINDOW_CHUNK = mia_block.WINDOW_CHUNK = saved[0]
-        ours.sparse_inference = saved[1]
+        ours.sparse_inference, mia_block.gathered_attention_pays = saved[1:]
 
 
 def baseline_sizes(args: argparse.Namespace) -> list[tuple[int, int, int, int]]:
@@ -624,11 +629,11 @@ def _autocast_call(autocast: torch.autocast, call):
         return call()
 
 
-def _variant_call(ours: MIAVSR, lqs: torch.Tensor, chunk: int | None, sparse: bool | None,
+def _variant_call(ours: MIAVSR, lqs: torch.Tensor, chunk: int | None, path: str | None,
                   compiled: torch.nn.Module | None = None) -> tuple[torch.Tensor, float]:
     """vsrkit's output and mean keep ratio, as a variant (see :func:`variant`); through ``compiled``, its
     ``torch.compile`` wrapper, where given."""
-    with variant(ours, chunk, sparse):
+    with variant(ours, chunk, path):
         out, ratios = (ours if compiled is None else compiled)(lqs, return_keep_ratios=True)
     return out, ratios.float().mean().item()
 
@@ -668,7 +673,8 @@ def main() -> None:
                         help='baseline: also time vsrkit with these WINDOW_CHUNK values (comma separated)')
     parser.add_argument('--compare-paths', action='store_true',
                         help='baseline: also time vsrkit with sparse_inference forced on (gather/scatter of the kept '
-                             'tokens) and off (every token computed, then selected); vsrkit: its default choice')
+                             'tokens), off (every token computed, then selected), and on with the attention gathered '
+                             'too (under CPU autocast only the MLP rows are by default); vsrkit: its default choice')
     parser.add_argument('--compare-compile', action='store_true',
                         help='baseline: also time vsrkit under torch.compile (inductor; two warm-up calls per '
                              'condition, printed, then in the alternation)')
@@ -769,7 +775,8 @@ def main() -> None:
               'block rows: one shifted attention block (of 96) at that size, its seconds per call, x off against '
               'the block with the mask disabled (same dtype), GFLOP of that call (keys/values for all windows with '
               'a kept token; queries, attention, projection and MLP for kept tokens), through the path the network '
-              'takes (bf16: every token computed, then selected). rnd: tokens ranked by the random '
+              'takes (bf16: the attention of every token computed, then selected, the MLP of the kept rows '
+              'gathered). rnd: tokens ranked by the random '
               'predictor (scattered); chg: by their change since the previous frame (where the picture moves). '
               'share/target/ideal: block time / mask disabled, against 0.15 + 0.85 x keep (1.0 at keep >= 0.9), and the '
               "row's GFLOP / the mask-disabled row's: the least share any arrangement of the same function reaches (keys/"

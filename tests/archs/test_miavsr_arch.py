@@ -15,8 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vsrkit.archs  # noqa: F401  (registers the archs)
 from vsrkit.archs import mia_attention, mia_block, mia_mask, mia_network, mia_window_layout, miavsr_arch
-from vsrkit.archs.mia_attention import normalise
-from vsrkit.archs.mia_block import InterIntraBlock
+from vsrkit.archs.mia_attention import InterIntraWindowAttention, normalise
+from vsrkit.archs.mia_block import ROW_BUCKET, InterIntraBlock, gathered_attention_pays
 from vsrkit.archs.mia_mask import MaskControl
 from vsrkit.archs.mia_window_layout import WindowLayout
 from vsrkit.archs.miavsr_arch import MIAVSR
@@ -420,32 +420,82 @@ def test_sparse_gather_scatter_equals_dense_reference():
 
 
 def test_sparse_path_by_default_only_where_it_pays(monkeypatch):
-    """``sparse_inference`` None (the default) gathers the kept tokens on the CPU in fp32, and computes every token
-    on CUDA and under autocast, where that was measured faster (mia_network.sparse_pays); True / False force
-    either; the forward follows the choice."""
+    """``sparse_inference`` None (the default) gathers the kept tokens on the CPU and computes every token on CUDA,
+    where that was measured faster (mia_network.sparse_pays); under CPU autocast the attention of every token is
+    computed and only the MLP's rows are gathered (mia_block.gathered_attention_pays); True / False force either;
+    the forward follows the choice."""
     model = tiny_model().eval()
     cpu, cuda = torch.device('cpu'), torch.device('cuda')  # a device name: no GPU needed to ask
     assert model.sparse_inference is None
     assert model.mask_control(cpu).sparse and not model.mask_control(cuda).sparse
+    assert gathered_attention_pays(cpu) and gathered_attention_pays(cuda)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        assert not model.mask_control(cpu).sparse
+        assert model.mask_control(cpu).sparse and not gathered_attention_pays(cpu)
     model.sparse_inference = True
     assert model.mask_control(cuda).sparse
     model.sparse_inference = False
     assert not model.mask_control(cpu).sparse
 
-    gathered = []
-    forward_kept = InterIntraBlock._forward_kept
-    monkeypatch.setattr(InterIntraBlock, '_forward_kept',
-                        lambda self, *args: gathered.append(1) or forward_kept(self, *args))
+    calls = {'block': 0, 'attention': 0}
+    forward_kept, attention_kept = InterIntraBlock._forward_kept, InterIntraWindowAttention.forward_kept
+
+    def counted(name, method):
+        return lambda self, *args: calls.__setitem__(name, calls[name] + 1) or method(self, *args)
+
+    monkeypatch.setattr(InterIntraBlock, '_forward_kept', counted('block', forward_kept))
+    monkeypatch.setattr(InterIntraWindowAttention, 'forward_kept', counted('attention', attention_kept))
     model.sparse_inference = None
     lqs = clip_frames(3, (64, 64))
     with torch.no_grad():
         model(lqs)
-        in_fp32 = len(gathered)
+        in_fp32 = dict(calls)
         with torch.autocast('cpu', dtype=torch.bfloat16):
             model(lqs)
-    assert in_fp32 > 0 and len(gathered) == in_fp32
+    assert in_fp32['block'] > 0 and in_fp32['attention'] == in_fp32['block']
+    assert calls['block'] > in_fp32['block'] and calls['attention'] == in_fp32['attention']  # bf16: gathered MLP only
+
+
+def test_gathered_mlp_rows_padded_and_attention_of_every_token_equal_dense_reference(monkeypatch):
+    """The sparse path as it runs under CPU autocast — the attention of every token computed and the kept rows
+    selected, the kept rows' MLP on a gathered tensor padded to a multiple of ROW_BUCKET rows — computes the dense
+    reference's function (here in fp32, with those two choices forced), and every MLP GEMM it runs has a padded
+    row count."""
+    model = tiny_model().eval()
+    lqs = clip_frames(3, (64, 64))
+    rows, inside = [], []
+
+    def count_rows(module, args) -> None:
+        if inside:
+            rows.append(args[0].shape[0])
+
+    for block in (b for branch in model.patch_align.values() for layer in branch.layers
+                  for b in layer.residual_group.blocks):
+        block.mlp.fc1.register_forward_pre_hook(count_rows)
+    forward_kept = InterIntraBlock._forward_kept
+
+    def flagged(self, *args):
+        inside.append(True)
+        try:
+            return forward_kept(self, *args)
+        finally:
+            inside.pop()
+
+    results = {}
+    for forced in (None, 0.3):  # 0.3 keeps 1229 of a frame's 4096 tokens: not a multiple of ROW_BUCKET
+        model.forced_keep_ratio = forced
+        for sparse in (True, False):
+            model.sparse_inference = sparse
+            with monkeypatch.context() as patch, torch.no_grad():
+                patch.setattr(mia_block, 'gathered_attention_pays', lambda device: False)
+                patch.setattr(mia_block, 'row_bucket', lambda device: ROW_BUCKET)
+                patch.setattr(InterIntraBlock, '_forward_kept', flagged)
+                rows.clear()
+                results[forced, sparse] = model(lqs, return_keep_ratios=True)
+            assert all(n % ROW_BUCKET == 0 for n in rows) and bool(rows) == sparse, rows
+    for forced in (None, 0.3):
+        (out_s, r_s), (out_d, r_d) = results[forced, True], results[forced, False]
+        assert torch.equal(r_s, r_d)
+        assert torch.allclose(out_s, out_d, atol=1e-5)
 
 
 def test_all_kept_mask_equals_disabled_mask():
