@@ -5,14 +5,12 @@ the original's ``RSTB``); registers nothing.
 State between frames is passed explicitly as a :class:`BlockState` and returned anew (never a mutated list),
 so a block is a pure function and gradient checkpointing recomputes exactly what the forward pass computed.
 
-In eval mode the kept tokens are gathered and only they go through the query projection, the attention, the
-output projection and the MLP; results are scattered into the reused previous outputs (``sparse`` path). Under CPU
-autocast only the MLP's rows are gathered, and the attention of every token is computed and selected
-(:func:`gathered_attention_pays`).
-Keys/values come from every token of a window that has a kept token (windows without one are skipped). When a
-block keeps SPARSE_BELOW or more of its tokens, computing all of them and selecting is cheaper (measured) and
-is done instead. ``MaskControl.sparse=False`` always computes every token and then selects (the dense
-reference, the same function).
+In eval mode (``sparse`` path) the kept tokens are gathered and only they go through the MLP; results are scattered
+into the reused previous outputs. Where a block keeps less than GATHERED_BELOW of its tokens they are gathered for
+the query projection, the attention and the output projection too (keys/values then come from every token of a
+window that has a kept token; windows without one are skipped); where it keeps more, and under CPU autocast
+(:func:`gathered_attention_pays`), the attention of every token is computed and the kept rows are selected.
+``MaskControl.sparse=False`` computes every token and then selects (the dense reference, the same function).
 
 Each block's ``norm1`` affine (g, b) is folded into its projections (W diag(g), W b + c), so the two aligned
 frames, which every block of a step attends to, are normalised and partitioned once per step
@@ -33,9 +31,13 @@ from vsrkit.archs.mia_mask import MaskControl, keep_decision
 from vsrkit.archs.mia_window_layout import WindowLayout
 from vsrkit.utils.chunk_workers import chunk_plan, map_chunks
 
-# eval: gather/scatter below this share of kept tokens; above, computing all and selecting is cheaper. Measured
-# (one block, 2 threads): at keep 0.6-0.9 gathering beats computing all by 5-25 % at 64x64 and 180x320 LR
-SPARSE_BELOW = 0.95
+# sparse path: a block keeping less than this share of its tokens gathers them for the attention too; from it on
+# computing every token's attention and selecting is cheaper. Measured, one shifted block alternating in one process,
+# fp32, 2 threads, AMX Xeon, time / the mask disabled (gathered against every token's attention; MLP rows gathered in
+# both): 64x64 LR keep 0.25 0.79 against 0.89, 0.4 0.89/0.93, 0.45 0.94/0.93, 0.5 1.02/0.97, 0.6 1.07/0.97,
+# 0.9 1.16/1.04; 180x320 LR keep 0.4 0.73/0.91, 0.5 0.88/0.90, 0.6 0.97/1.00, 0.75 1.06/1.00, 0.95 1.13/1.08.
+# Computing every token with the dense path's selects instead took 1.09-1.15 at keep 0.25-1.0 (64x64)
+GATHERED_BELOW = 0.5
 
 
 class BlockState(NamedTuple):
@@ -141,8 +143,11 @@ class InterIntraBlock(nn.Module):
                     kept_mask &= ~layout.pad[shifted]
 
         with_state = control.use_mask and consts.mask_weight is not None
-        if kept_mask is not None and control.sparse and int(kept_mask.sum()) < SPARSE_BELOW * kept_mask.numel():
-            out, attn_out, hidden = self._forward_kept(x, current, aligned, consts, layout, state, kept_mask)
+        if kept_mask is not None and control.sparse:
+            gathered = (gathered_attention_pays(x.device)
+                        and int(kept_mask.sum()) < GATHERED_BELOW * kept_mask.numel())
+            out, attn_out, hidden = self._forward_kept(x, current, aligned, consts, layout, state, kept_mask,
+                                                       gathered)
         else:
             out, attn_out, hidden = self._forward_all(x, current, aligned, consts, layout, state, keep_weight,
                                                       kept_mask, with_state)
@@ -214,12 +219,11 @@ class InterIntraBlock(nn.Module):
                          mask).view(-1, windows.shape[-1])
 
     def _forward_kept(self, x: torch.Tensor, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
-                      layout: WindowLayout, state: BlockState, kept_mask: torch.Tensor
+                      layout: WindowLayout, state: BlockState, kept_mask: torch.Tensor, gathered: bool
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Eval: only kept tokens go through the MLP (gather/scatter), and, where that pays
-        (:func:`gathered_attention_pays`), through q, attention and projection; elsewhere the attention of every
-        token is computed and the kept rows selected."""
-        if gathered_attention_pays(x.device):
+        """Eval: only kept tokens go through the MLP (gather/scatter), and, where ``gathered``, through q, attention
+        and projection; else the attention of every token is computed and the kept rows are selected."""
+        if gathered:
             attn_out = self.attn.forward_kept(current, aligned, consts, layout, self.shifted, kept_mask,
                                               state.attn_out)
         else:
@@ -246,10 +250,11 @@ class InterIntraBlock(nn.Module):
 
 
 def gathered_attention_pays(device: torch.device) -> bool:
-    """Whether the sparse path (``MaskControl.sparse``) gathers the kept tokens for q, attention and projection too,
-    or computes the attention of every token and selects (the MLP's rows are gathered either way).
+    """Whether the sparse path (``MaskControl.sparse``) may gather the kept tokens for q, attention and projection
+    too (where a block keeps less than GATHERED_BELOW of them), or always computes the attention of every token and
+    selects (the MLP's rows are gathered either way).
 
-    On the CPU in fp32 it does (``mia_network.sparse_pays``). Under CPU bf16 autocast it does not: 5.92 against 4.43 s
+    On the CPU in fp32 it may (``mia_network.sparse_pays``). Under CPU bf16 autocast it does not: 5.92 against 4.43 s
     best, 6.16 against 4.66 s median (benchmarks/miavsr_speed.py --compare-paths, 1x5x3x64x64, 2 threads of an AMX
     Xeon, the MLP's rows gathered in both). There SDPA's time is not proportional to the queries (per 64 windows of
     192 keys: 3.20 ms for 48 queries a window against 2.50 ms for 64), the gathers cost as much as the GEMMs they save,

@@ -21,8 +21,8 @@ class MaskControl:
     use_mask: apply the mask at all (False: every token is computed, as the original's ``use_mask=False``).
     gumbel_noise: add logistic noise before thresholding in training mode.
     temperature: Gumbel-sigmoid temperature (2/3 in the original).
-    sparse: in eval mode, compute only kept tokens (gather/scatter) where a block keeps less than
-        ``mia_block.SPARSE_BELOW`` of them; False computes all and selects.
+    sparse: in eval mode, compute only kept tokens (gather/scatter: the MLP's, and the attention's where a block
+        keeps less than ``mia_block.GATHERED_BELOW`` of them); False computes all and selects.
     forced_keep_ratio: eval only: keep this fraction of each sample's tokens (highest logits) instead of
         thresholding at 0 — for benchmarks with untrained weights.
     """

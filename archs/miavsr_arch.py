@@ -55,12 +55,13 @@ class MIAVSR(RecurrentInterIntraVSR):
         skip: upscaling added to the reconstruction: 'bilinear' (the original; checkpoints expect it) or
             'bicubic' (the last conv then starts at zero, so an untrained net outputs bicubic upscaling).
 
-    Runtime attributes: ``sparse_inference`` (True: in eval a block that keeps less than
-    ``mia_block.SPARSE_BELOW`` (95%) of its tokens computes only those, above that computing all and selecting
-    is cheaper; False always computes all tokens and selects, the dense reference; None, the default: sparse
-    where it pays, on the CPU (under CPU autocast for the MLP only: ``mia_block.gathered_attention_pays``), and
-    dense on CUDA, as measured: ``mia_network.sparse_pays``), ``forced_keep_ratio`` (None, or a fraction: in eval keep that
-    share of each sample's tokens with the highest logits, e.g. to benchmark untrained weights).
+    Runtime attributes: ``sparse_inference`` (True: in eval only the kept tokens go through the MLP, and through
+    the attention where a block keeps less than ``mia_block.GATHERED_BELOW`` (50%) of them, above that computing
+    every token's attention and selecting is cheaper; False always computes all tokens and selects, the dense
+    reference; None, the default: sparse where it pays, on the CPU (under CPU autocast the attention of every
+    token: ``mia_block.gathered_attention_pays``), and dense on CUDA, as measured: ``mia_network.sparse_pays``),
+    ``forced_keep_ratio`` (None, or a fraction: in eval keep that share of each sample's tokens with the highest
+    logits, e.g. to benchmark untrained weights).
 
     forward(lqs, return_keep_ratios=False): lqs (n, t, C, h, w) -> (n, t, C, 4h, 4w); with
     ``return_keep_ratios=True`` also a (4 branches, t-1 frames, blocks) tensor of keep ratios (None when the

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import vsrkit.archs  # noqa: F401  (registers the archs)
 from vsrkit.archs import mia_attention, mia_block, mia_mask, mia_network, mia_window_layout, miavsr_arch
 from vsrkit.archs.mia_attention import InterIntraWindowAttention, normalise
-from vsrkit.archs.mia_block import ROW_BUCKET, InterIntraBlock, gathered_attention_pays
+from vsrkit.archs.mia_block import GATHERED_BELOW, ROW_BUCKET, InterIntraBlock, gathered_attention_pays
 from vsrkit.archs.mia_mask import MaskControl
 from vsrkit.archs.mia_window_layout import WindowLayout
 from vsrkit.archs.miavsr_arch import MIAVSR
@@ -421,9 +421,9 @@ def test_sparse_gather_scatter_equals_dense_reference():
 
 def test_sparse_path_by_default_only_where_it_pays(monkeypatch):
     """``sparse_inference`` None (the default) gathers the kept tokens on the CPU and computes every token on CUDA,
-    where that was measured faster (mia_network.sparse_pays); under CPU autocast the attention of every token is
-    computed and only the MLP's rows are gathered (mia_block.gathered_attention_pays); True / False force either;
-    the forward follows the choice."""
+    where that was measured faster (mia_network.sparse_pays); the attention's tokens are gathered too only in a
+    block keeping less than GATHERED_BELOW of them, and never under CPU autocast (mia_block.gathered_attention_pays);
+    True / False force either; the forward follows the choice."""
     model = tiny_model().eval()
     cpu, cuda = torch.device('cpu'), torch.device('cuda')  # a device name: no GPU needed to ask
     assert model.sparse_inference is None
@@ -446,13 +446,14 @@ def test_sparse_path_by_default_only_where_it_pays(monkeypatch):
     monkeypatch.setattr(InterIntraWindowAttention, 'forward_kept', counted('attention', attention_kept))
     model.sparse_inference = None
     lqs = clip_frames(3, (64, 64))
-    with torch.no_grad():
-        model(lqs)
-        in_fp32 = dict(calls)
-        with torch.autocast('cpu', dtype=torch.bfloat16):
+    masked_blocks = 4 * 2 * 2  # branches x frames after the first x blocks
+    for keep, autocast, gathered in ((0.3, False, True), (0.7, False, False), (0.3, True, False)):
+        model.forced_keep_ratio = keep
+        calls.update(block=0, attention=0)
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
             model(lqs)
-    assert in_fp32['block'] > 0 and in_fp32['attention'] == in_fp32['block']
-    assert calls['block'] > in_fp32['block'] and calls['attention'] == in_fp32['attention']  # bf16: gathered MLP only
+        assert calls == {'block': masked_blocks, 'attention': masked_blocks if gathered else 0}, (keep, autocast)
+    assert 0.3 < GATHERED_BELOW <= 0.7  # the keep ratios above fall on either side of it
 
 
 def test_gathered_mlp_rows_padded_and_attention_of_every_token_equal_dense_reference(monkeypatch):
