@@ -239,6 +239,19 @@ def test_mask_decisions_match_the_original_formula():
     assert ratio.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_forced_keep_ratio_keeps_each_samples_highest_logits():
+    """``forced_keep_ratio`` keeps round(ratio * n) tokens of each sample, those with the highest logits, whether
+    it selects the kept (ratio <= 0.5) or the dropped ones."""
+    torch.manual_seed(3)
+    logits = torch.randn(2 * 6, 64)  # 2 samples of 6 windows
+    for ratio in (0.0, 0.25, 0.5, 0.9, 1.0):
+        keep = mia_mask.keep_decision(logits, 2, False, MaskControl(forced_keep_ratio=ratio)).view(2, -1)
+        k = round(ratio * keep.shape[1])
+        ranked = logits.view(2, -1).argsort(dim=1, descending=True)
+        expected = torch.zeros_like(keep).scatter_(1, ranked[:, :k], 1.0)
+        assert torch.equal(keep, expected), ratio
+
+
 def test_stochastic_depth_drops_whole_samples():
     """As in the original (DropPath on image-layout tensors), a block's residual branches are dropped per
     sample, not per chunk of windows: a sample either keeps all of its tokens unchanged or none."""
