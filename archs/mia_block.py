@@ -256,10 +256,11 @@ def gathered_attention_pays(device: torch.device) -> bool:
 
     On the CPU in fp32 it may (``mia_network.sparse_pays``). Under CPU bf16 autocast it does not: 5.92 against 4.43 s
     best, 6.16 against 4.66 s median (benchmarks/miavsr_speed.py --compare-paths, 1x5x3x64x64, 2 threads of an AMX
-    Xeon, the MLP's rows gathered in both). There SDPA's time is not proportional to the queries (per 64 windows of
-    192 keys: 3.20 ms for 48 queries a window against 2.50 ms for 64), the gathers cost as much as the GEMMs they save,
-    and each new shape of the gathered windows' GEMMs is a new oneDNN kernel. On CUDA the sparse path is only taken
-    where ``sparse_inference`` forces it, and then gathers both.
+    Xeon, the MLP's rows gathered in both, the attention's in blocks keeping less than 0.95 of their tokens). There
+    SDPA's time is not proportional to the queries (per 64 windows of 192 keys: 3.20 ms for 48 queries a window against
+    2.50 ms for 64), the gathers cost as much as the GEMMs they save, and each new shape of the gathered windows' GEMMs
+    is a new oneDNN kernel. On CUDA the sparse path is only taken where ``sparse_inference`` forces it, and then
+    gathers both (below GATHERED_BELOW).
     """
     return device.type != 'cpu' or not torch.is_autocast_enabled('cpu')
 

@@ -30,8 +30,9 @@ which is fp32 (as published it fails under autocast and with cast weights; the r
 vsrkit's bf16 output against its fp32 output. ``--baseline-sizes`` HxW:frames:pairs
 (default 64x64:5:3 and 180x320:5:1 — the original may take minutes there).
 ``--compare-chunks 16`` adds vsrkit with another WINDOW_CHUNK to the alternation (e.g. the former 16);
-``--compare-paths`` adds vsrkit with its sparse path forced on and off, and on with the kept tokens' attention gathered too
-(its default chooses per device and dtype: mia_network.sparse_pays, mia_block.gathered_attention_pays);
+``--compare-paths`` adds vsrkit with its sparse path forced on and off, and on with the kept tokens' attention gathered
+(in blocks keeping less than mia_block.GATHERED_BELOW) also under CPU autocast (its default chooses per device and
+dtype: mia_network.sparse_pays, mia_block.gathered_attention_pays);
 ``--compare-compile`` adds vsrkit under ``torch.compile`` (inductor, default options), after two untimed warm-up calls
 per condition whose times (the compilation, and a recompilation for the shapes that change) are printed.
 On CUDA (``--devices``), the baseline is one table per precision instead (``--cuda-precisions fp32,bf16,fp16``):
@@ -360,7 +361,7 @@ def progress(line: str) -> None:
 
 # (name, WINDOW_CHUNK or None, a path of PATHS or None, under torch.compile)
 Contestant = tuple[str, 'int | None', 'str | None', bool]
-# --compare-paths: (sparse_inference, gathered attention forced on or None: mia_block.gathered_attention_pays decides)
+# --compare-paths: (sparse_inference, gathered_attention_pays forced or None: as mia_block decides per device and dtype)
 PATHS = {'sparse': (True, None), 'dense': (False, None), 'gathered': (True, True)}
 
 
@@ -673,8 +674,9 @@ def main() -> None:
                         help='baseline: also time vsrkit with these WINDOW_CHUNK values (comma separated)')
     parser.add_argument('--compare-paths', action='store_true',
                         help='baseline: also time vsrkit with sparse_inference forced on (gather/scatter of the kept '
-                             'tokens), off (every token computed, then selected), and on with the attention gathered '
-                             'too (under CPU autocast only the MLP rows are by default); vsrkit: its default choice')
+                             'tokens), off (every token computed, then selected), and on with the attention\'s tokens '
+                             'gathered too where a block keeps less than mia_block.GATHERED_BELOW of them, also under '
+                             'CPU autocast (there only the MLP rows are by default); vsrkit: its default choice')
     parser.add_argument('--compare-compile', action='store_true',
                         help='baseline: also time vsrkit under torch.compile (inductor; two warm-up calls per '
                              'condition, printed, then in the alternation)')
