@@ -180,8 +180,7 @@ class InterIntraBlock(nn.Module):
         # per-sample stochastic depth factors, drawn once for the frame as DropPath on the whole frame would, per row
         drop = [self.drop_path(x.new_ones(layout.batch, 1)).repeat_interleave(layout.windows_per_sample * tokens, 0)
                 for _ in range(2)] if self.training else None
-        workers, limit = chunk_plan(windows.shape[0], WINDOW_CHUNK, MIN_WINDOWS_PER_WORKER, x.device)
-        chunks = layout.chunks(self.shifted, limit, across=workers == 1 and spans_pay(x.device))
+        workers, chunks = self._window_chunks(layout, x.device)
 
         def run(chunk: tuple[slice, int | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             win = chunk[0]
@@ -205,6 +204,13 @@ class InterIntraBlock(nn.Module):
             return _joined(outs), None, None
         return _joined(outs), _joined(attn_outs), _joined(hiddens)
 
+    def _window_chunks(self, layout: WindowLayout, device: torch.device) -> tuple[int, list[tuple[slice, int | None]]]:
+        """(workers, chunks of ``layout.chunks``) for computing every window of the layout (module docstring of
+        ``mia_attention``, :func:`spans_pay`)."""
+        workers, limit = chunk_plan(layout.batch * layout.windows_per_sample, WINDOW_CHUNK, MIN_WINDOWS_PER_WORKER,
+                                    device)
+        return workers, layout.chunks(self.shifted, limit, across=workers == 1 and spans_pay(device))
+
     def _chunk_attention(self, chunk: tuple[slice, int | None], windows: torch.Tensor, aligned: torch.Tensor,
                          consts: BlockConstants, layout: WindowLayout) -> torch.Tensor:
         """Projected attention output (rows, C) of every current-frame token of a chunk of ``layout.chunks``: a
@@ -227,18 +233,16 @@ class InterIntraBlock(nn.Module):
             attn_out = self.attn.forward_kept(current, aligned, consts, layout, self.shifted, kept_mask,
                                               state.attn_out)
         else:
-            tokens = layout.tokens
-            workers, limit = chunk_plan(kept_mask.shape[0], WINDOW_CHUNK, MIN_WINDOWS_PER_WORKER, x.device)
-            chunks = layout.chunks(self.shifted, limit, across=workers == 1 and spans_pay(x.device))
-            windows = current.view(-1, tokens, x.shape[-1])
+            workers, chunks = self._window_chunks(layout, x.device)
+            windows = current.view(-1, layout.tokens, x.shape[-1])
             outs = map_chunks(lambda chunk: self._chunk_attention(chunk, windows, aligned, consts, layout), chunks,
                               workers, [win.stop - win.start for win, _ in chunks])
             attn_out = _select(_joined(outs), state.attn_out, None, kept_mask)
         x = x + attn_out
         kept_rows = torch.nonzero(kept_mask.flatten()).squeeze(1)
         bucket = row_bucket(x.device)
-        gathered = torch.cat([kept_rows, kept_rows.new_zeros((-kept_rows.numel()) % bucket)])  # padded: row 0
-        kept = x.index_select(0, gathered)
+        padded_rows = torch.cat([kept_rows, kept_rows.new_zeros((-kept_rows.numel()) % bucket)])  # padding: row 0
+        kept = x.index_select(0, padded_rows)
         workers, rows = chunk_plan(kept.shape[0], WINDOW_CHUNK * layout.tokens, MIN_WINDOWS_PER_WORKER * layout.tokens,
                                    x.device)
         rows = -(-rows // bucket) * bucket
