@@ -34,7 +34,7 @@ from vsrkit.utils.chunk_workers import chunk_plan, map_chunks
 # sparse path: a block keeping less than this share of its tokens gathers them for the attention too; from it on
 # computing every token's attention and selecting is cheaper. Measured, one shifted block alternating in one process,
 # fp32, 2 threads, AMX Xeon, time / the mask disabled (gathered against every token's attention; MLP rows gathered in
-# both): 64x64 LR keep 0.25 0.79 against 0.89, 0.4 0.89/0.93, 0.45 0.94/0.93, 0.5 1.02/0.97, 0.6 1.07/0.97,
+# both): 64x64 LR keep 0.25 0.80 against 0.90, 0.4 0.89/0.93, 0.45 0.94/0.93, 0.5 1.02/0.97, 0.6 1.07/0.97,
 # 0.9 1.16/1.04; 180x320 LR keep 0.4 0.73/0.91, 0.5 0.88/0.90, 0.6 0.97/1.00, 0.75 1.06/1.00, 0.95 1.13/1.08.
 # Computing every token with the dense path's selects instead took 1.09-1.15 at keep 0.25-1.0 (64x64)
 GATHERED_BELOW = 0.5
@@ -241,7 +241,8 @@ class InterIntraBlock(nn.Module):
         x = x + attn_out
         kept_rows = torch.nonzero(kept_mask.flatten()).squeeze(1)
         bucket = row_bucket(x.device)
-        padded_rows = torch.cat([kept_rows, kept_rows.new_zeros((-kept_rows.numel()) % bucket)])  # padding: row 0
+        padding = (-kept_rows.numel()) % bucket
+        padded_rows = torch.cat([kept_rows, kept_rows.new_zeros(padding)]) if padding else kept_rows  # pads: row 0
         kept = x.index_select(0, padded_rows)
         workers, rows = chunk_plan(kept.shape[0], WINDOW_CHUNK * layout.tokens, MIN_WINDOWS_PER_WORKER * layout.tokens,
                                    x.device)

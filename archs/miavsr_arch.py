@@ -14,10 +14,10 @@ Bugs of the original fixed here (each has a test in tests/archs/test_miavsr_arch
 (d) builds and runs on CPU: the original silently skipped building the transformer branches without CUDA
     and hard-coded ``.cuda()`` in the attention.
 (e) batch size > 1 at inference (the original flattens the batch into one token list), and the mask's
-    saving is realised: in eval mode tokens that are not kept skip the query projection, the attention, the
-    output projection and the MLP (gather/scatter); the original computed q/k/v and attention for all tokens.
-    By default only where that was measured faster: on the CPU, under CPU autocast for the MLP only
-    (``sparse_inference``, below).
+    saving is realised: in eval mode tokens that are not kept skip the MLP and, in a block keeping less than half
+    of its tokens, the query projection, the attention and the output projection (gather/scatter); the original
+    computed q/k/v, attention and MLP for all tokens. By default only where that was measured faster: on the CPU,
+    under CPU autocast for the MLP only (``sparse_inference``, below).
 Also: LR frames of any size (smaller than 64 px are padded for SpyNet, the output is cropped); SpyNet is
 never downloaded.
 """
