@@ -34,7 +34,17 @@ WINDOW_CHUNK = 256
 # windows (180x320) on par quiet and 1.6x faster beside a busy process
 MIN_WINDOWS_PER_WORKER = 128
 PARTIAL_FILL = 0.75  # sparse path: a chunk of partly kept windows holds windows of >= this share of its largest
-WHOLE_WINDOW_SLACK = 8  # sparse path: a window missing at most this many kept tokens is computed whole
+
+
+class GatherShapes(NamedTuple):
+    """The shapes of the sparse path's gathered GEMMs and attention calls (``mia_block.gather_shapes``)."""
+
+    whole_slack: int  # a window missing at most this many kept tokens is computed whole (all its queries)
+    query_bucket: int  # a chunk's queries per window: its largest kept count rounded up to a multiple of this
+    row_bucket: int  # the MLP's gathered rows: padded to a multiple of this
+
+
+EXACT_SHAPES = GatherShapes(whole_slack=8, query_bucket=1, row_bucket=1)  # as many as there are kept tokens
 
 
 class BlockConstants(NamedTuple):
@@ -63,6 +73,11 @@ class BlockConstants(NamedTuple):
             raise ValueError(f'with_one_aligned_frame: masks of 3 frames of {tokens} keys expected, got {masks.shape[-1]}')
         merged = torch.logaddexp(masks[..., :tokens], masks[..., tokens:2 * tokens])
         return self._replace(attn_masks=torch.cat([merged, masks[..., 2 * tokens:]], -1))
+
+    def with_masks_in(self, dtype: torch.dtype) -> BlockConstants:
+        """These constants with the attention masks in ``dtype``: the dtype SDPA reads them in under autocast (cast
+        once per branch call instead of for each chunk of windows: 0.04-0.09 s of a 4.4 s 1x5x3x64x64 CPU bf16 call)."""
+        return self._replace(attn_masks=self.attn_masks.to(dtype))
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -135,18 +150,19 @@ class InterIntraWindowAttention(nn.Module):
         return self.attend(windows, self.keys_values(keys, key_pad, consts), consts, mask)
 
     def forward_kept(self, current: torch.Tensor, aligned: torch.Tensor, consts: BlockConstants,
-                     layout: WindowLayout, shifted: bool, kept_mask: torch.Tensor, previous: torch.Tensor
-                     ) -> torch.Tensor:
+                     layout: WindowLayout, shifted: bool, kept_mask: torch.Tensor, previous: torch.Tensor,
+                     shapes: GatherShapes = EXACT_SHAPES) -> torch.Tensor:
         """Projected attention output (rows, C) for the kept tokens; the others take ``previous``, which in inference
         (autograd off) is written into and returned: it is the block's previous output, in a state the block consumes
         (at 180x320 LR a copy of it was a full-frame pass per block and frame).
 
         current: (rows, C) normalised current-frame tokens of the layout of a (shifted) block; aligned: as
         :meth:`keys` takes it; kept_mask: bool (b*nW, L). Windows without a kept token are skipped
-        (not even k/v). A window with at most WHOLE_WINDOW_SLACK tokens not kept is computed whole, with the broadcast mask of
-        its shift pattern. The other windows are sorted by their number of kept tokens and taken up to a chunk's
-        size at a time (while they hold at least PARTIAL_FILL of the chunk's largest count); a chunk's queries are
-        each window's kept tokens, padded to the chunk's largest count, with their mask rows gathered per query.
+        (not even k/v). A window with at most ``shapes.whole_slack`` tokens not kept is computed whole, with the
+        broadcast mask of its shift pattern. The other windows are sorted by their number of kept tokens and taken
+        up to a chunk's size at a time (while they hold at least PARTIAL_FILL of the chunk's largest count); a
+        chunk's queries are each window's kept tokens, padded to the chunk's largest count rounded up to a multiple
+        of ``shapes.query_bucket``, with their mask rows gathered per query.
         Chunks: at most WINDOW_CHUNK windows, evened out between the chunk workers (module docstring).
         """
         out = previous.clone() if torch.is_grad_enabled() else previous
@@ -156,7 +172,7 @@ class InterIntraWindowAttention(nn.Module):
         keys = self.keys(aligned, windows, key_count)  # every window's, gathered per chunk
         key_pad = layout.key_pad[shifted]
         kept_counts = kept_mask.sum(1)
-        whole = kept_counts >= tokens - WHOLE_WINDOW_SLACK
+        whole = kept_counts >= tokens - shapes.whole_slack
         pattern = layout.window_pattern[shifted]
         whole_windows = torch.nonzero(whole).squeeze(1)
         whole_windows = whole_windows[torch.argsort(pattern[whole_windows], stable=True)]
@@ -182,6 +198,10 @@ class InterIntraWindowAttention(nn.Module):
             mask = masks.index_select(0, mask.flatten()).view(*rows.shape, *masks.shape[1:]).transpose(1, 2)
             return rows[valid], self.attend(queries, kv, consts, mask)[valid]
 
+        def queries(count: int) -> int:
+            """Queries per window of a chunk whose largest kept count is ``count``."""
+            return min(tokens, -(-count // shapes.query_bucket) * shapes.query_bucket)
+
         jobs = []
         runs, sizes = torch.unique_consecutive(pattern[whole_windows], return_counts=True)
         start = 0
@@ -202,9 +222,9 @@ class InterIntraWindowAttention(nn.Module):
             counts = counts.tolist()  # descending
             first = 0
             while first < len(counts):
-                cap, stop = counts[first], min(first + limit, len(counts))
+                cap, stop = queries(counts[first]), min(first + limit, len(counts))
                 # queries are padded to the chunk's largest count: end the chunk where that would waste much
-                stop = next((i for i in range(first + 1, stop) if counts[i] < PARTIAL_FILL * cap), stop)
+                stop = next((i for i in range(first + 1, stop) if queries(counts[i]) < PARTIAL_FILL * cap), stop)
                 chunk = slice(first, stop)
                 jobs.append((partial[chunk], partial_rows[chunk, :cap], partial_valid[chunk, :cap],
                              partial_mask_rows[chunk, :cap]))

@@ -8,8 +8,9 @@ so a block is a pure function and gradient checkpointing recomputes exactly what
 In eval mode (``sparse`` path) the kept tokens are gathered and only they go through the MLP; results are scattered
 into the reused previous outputs. Where a block keeps less than GATHERED_BELOW of its tokens they are gathered for
 the query projection, the attention and the output projection too (keys/values then come from every token of a
-window that has a kept token; windows without one are skipped); where it keeps more, and under CPU autocast
-(:func:`gathered_attention_pays`), the attention of every token is computed and the kept rows are selected.
+window that has a kept token; windows without one are skipped); where it keeps more, the attention of every token
+is computed and the kept rows are selected. Under CPU autocast the gathered work takes few, recurring shapes
+(:func:`gather_shapes`).
 ``MaskControl.sparse=False`` computes every token and then selects (the dense reference, the same function).
 
 Each block's ``norm1`` affine (g, b) is folded into its projections (W diag(g), W b + c), so the two aligned
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-from vsrkit.archs.mia_attention import (MIN_WINDOWS_PER_WORKER, WINDOW_CHUNK, BlockConstants,
-                                       InterIntraWindowAttention, normalise)
+from vsrkit.archs.mia_attention import (EXACT_SHAPES, MIN_WINDOWS_PER_WORKER, WINDOW_CHUNK, BlockConstants,
+                                       GatherShapes, InterIntraWindowAttention, normalise)
 from vsrkit.archs.mia_mask import MaskControl, keep_decision
 from vsrkit.archs.mia_window_layout import WindowLayout
 from vsrkit.utils.chunk_workers import chunk_plan, map_chunks
@@ -144,8 +145,7 @@ class InterIntraBlock(nn.Module):
 
         with_state = control.use_mask and consts.mask_weight is not None
         if kept_mask is not None and control.sparse:
-            gathered = (gathered_attention_pays(x.device)
-                        and int(kept_mask.sum()) < GATHERED_BELOW * kept_mask.numel())
+            gathered = int(kept_mask.sum()) < GATHERED_BELOW * kept_mask.numel()
             out, attn_out, hidden = self._forward_kept(x, current, aligned, consts, layout, state, kept_mask,
                                                        gathered)
         else:
@@ -229,9 +229,10 @@ class InterIntraBlock(nn.Module):
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eval: only kept tokens go through the MLP (gather/scatter), and, where ``gathered``, through q, attention
         and projection; else the attention of every token is computed and the kept rows are selected."""
+        shapes = gather_shapes(x.device)
         if gathered:
             attn_out = self.attn.forward_kept(current, aligned, consts, layout, self.shifted, kept_mask,
-                                              state.attn_out)
+                                              state.attn_out, shapes)
         else:
             workers, chunks = self._window_chunks(layout, x.device)
             windows = current.view(-1, layout.tokens, x.shape[-1])
@@ -240,7 +241,7 @@ class InterIntraBlock(nn.Module):
             attn_out = _select(_joined(outs), state.attn_out, None, kept_mask)
         x = x + attn_out
         kept_rows = torch.nonzero(kept_mask.flatten()).squeeze(1)
-        bucket = row_bucket(x.device)
+        bucket = shapes.row_bucket
         padding = (-kept_rows.numel()) % bucket
         padded_rows = torch.cat([kept_rows, kept_rows.new_zeros(padding)]) if padding else kept_rows  # pads: row 0
         kept = x.index_select(0, padded_rows)
@@ -254,32 +255,25 @@ class InterIntraBlock(nn.Module):
         return x.add_(hidden), attn_out, hidden
 
 
-def gathered_attention_pays(device: torch.device) -> bool:
-    """Whether the sparse path (``MaskControl.sparse``) may gather the kept tokens for q, attention and projection
-    too (where a block keeps less than GATHERED_BELOW of them), or always computes the attention of every token and
-    selects (the MLP's rows are gathered either way).
+# under CPU autocast, whose GEMMs (oneDNN) and SDPA are fastest on few shapes that recur (see gather_shapes)
+AUTOCAST_SHAPES = GatherShapes(whole_slack=32, query_bucket=16, row_bucket=256)
 
-    On the CPU in fp32 it may (``mia_network.sparse_pays``). Under CPU bf16 autocast it does not: 5.92 against 4.43 s
-    best, 6.16 against 4.66 s median (benchmarks/miavsr_speed.py --compare-paths, 1x5x3x64x64, 2 threads of an AMX
-    Xeon, the MLP's rows gathered in both, the attention's in blocks keeping less than 0.95 of their tokens). There
-    SDPA's time is not proportional to the queries (per 64 windows of 192 keys: 3.20 ms for 48 queries a window against
-    2.50 ms for 64), the gathers cost as much as the GEMMs they save, and each new shape of the gathered windows' GEMMs
-    is a new oneDNN kernel. On CUDA the sparse path is only taken where ``sparse_inference`` forces it, and then
-    gathers both (below GATHERED_BELOW).
+
+def gather_shapes(device: torch.device) -> GatherShapes:
+    """The shapes of the sparse path's gathered work: under CPU autocast AUTOCAST_SHAPES, else EXACT_SHAPES (as many
+    queries and rows as there are kept tokens).
+
+    Under CPU bf16 autocast oneDNN builds a kernel for each new GEMM shape (~0.3-0.6 ms; its primitive cache, 1024
+    by default, keeps them), and the kept tokens' counts change with every mask: a bf16 MLP of ~2000 of 4096 rows,
+    2 threads, took 4.2 ms unpadded against 1.1 ms padded to 256 rows (2.2 ms for all 4096 rows). Padded to 256
+    rows a GEMM takes at most 64 shapes (chunks of at most WINDOW_CHUNK windows of 64 tokens). bf16 SDPA (64
+    windows of 192 keys, heads of 20 channels) took 1.24 / 1.71 / 2.33 ms for 16 / 32 / 64 queries a window, but
+    2.94-3.37 ms for 40-56 (2 threads, AMX Xeon): a window keeping more than 32 tokens is computed whole, the
+    others' queries padded to 16 or 32. With these shapes the sparse path with the attention's tokens gathered
+    (below GATHERED_BELOW) took 28.8 / 29.8 s (best / median, 2 pairs) against 32.4 / 32.7 s computing every
+    token's attention (1x3x3x180x320, bf16), and 4.10 / 4.14 against 4.21 / 4.28 s at 1x5x3x64x64 (4 pairs).
     """
-    return device.type != 'cpu' or not torch.is_autocast_enabled('cpu')
-
-
-ROW_BUCKET = 256
-
-
-def row_bucket(device: torch.device) -> int:
-    """Multiple the sparse MLP's gathered rows are padded to: ROW_BUCKET under CPU autocast, else 1. There
-    oneDNN builds a kernel for every new GEMM shape (~0.6 ms), and the kept rows' count changes with every mask:
-    bf16 MLP of ~2000 of 4096 rows, 2 threads, 4.2 ms unpadded against 1.1 ms padded to 256 (and 2.2 ms for all
-    4096 rows). Padded to 256 rows a GEMM takes at most 64 shapes (chunks of at most WINDOW_CHUNK windows of 64
-    tokens), which oneDNN's primitive cache (1024 by default) keeps."""
-    return ROW_BUCKET if device.type == 'cpu' and torch.is_autocast_enabled('cpu') else 1
+    return AUTOCAST_SHAPES if device.type == 'cpu' and torch.is_autocast_enabled('cpu') else EXACT_SHAPES
 
 
 def spans_pay(device: torch.device) -> bool:

@@ -268,6 +268,11 @@ class RecurrentInterIntraVSR(nn.Module):
         module = self.patch_align[branch]
         constants = module.constants(layout)
         one_frame_constants = [consts.with_one_aligned_frame() for consts in constants]
+        device = layout.device.type
+        if torch.is_autocast_enabled(device):  # after the merge above, which is in the parameters' dtype
+            dtype = torch.get_autocast_dtype(device)
+            constants = [consts.with_masks_in(dtype) for consts in constants]
+            one_frame_constants = [consts.with_masks_in(dtype) for consts in one_frame_constants]
         patch = self.window_size[1:]
         outputs, states, ratios = [], None, []
         for step, idx in enumerate(order):

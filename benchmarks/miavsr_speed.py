@@ -30,9 +30,10 @@ which is fp32 (as published it fails under autocast and with cast weights; the r
 vsrkit's bf16 output against its fp32 output. ``--baseline-sizes`` HxW:frames:pairs
 (default 64x64:5:3 and 180x320:5:1 — the original may take minutes there).
 ``--compare-chunks 16`` adds vsrkit with another WINDOW_CHUNK to the alternation (e.g. the former 16);
-``--compare-paths`` adds vsrkit with its sparse path forced on and off, and on with the kept tokens' attention gathered
-(in blocks keeping less than mia_block.GATHERED_BELOW) also under CPU autocast (its default chooses per device and
-dtype: mia_network.sparse_pays, mia_block.gathered_attention_pays);
+``--compare-paths`` adds vsrkit with its sparse path forced on and off, and on with only the MLP's rows gathered
+(``every-attention``: every token's attention computed and the kept rows selected, in every block; by default the
+attention's tokens are gathered too in blocks keeping less than mia_block.GATHERED_BELOW; the default chooses the
+path per device: mia_network.sparse_pays);
 ``--compare-compile`` adds vsrkit under ``torch.compile`` (inductor, default options), after two untimed warm-up calls
 per condition whose times (the compilation, and a recompilation for the shapes that change) are printed.
 On CUDA (``--devices``), the baseline is one table per precision instead (``--cuda-precisions fp32,bf16,fp16``):
@@ -251,9 +252,10 @@ def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
     """One shifted block of the network at the clip's LR size, on real tokens (the first frame's embedding
     and its two predecessors as aligned frames, the state from the previous frame): (mode, keep ratio,
     seconds, useful FLOPs) for the mask disabled and each forced keep ratio, timed alternately, best of reps;
-    masked rows through the path the network takes there (``mask_control``: kept tokens gathered on the CPU, under
-    CPU autocast for the MLP only, the attention of every token computed and selected; every token computed and
-    selected on CUDA), with the aligned rows in the autocast dtype as the network hands them over in inference.
+    masked rows through the path the network takes there (``mask_control``: kept tokens gathered on the CPU, for the
+    attention too below mia_block.GATHERED_BELOW, under CPU autocast in mia_block.AUTOCAST_SHAPES; every token
+    computed and selected on CUDA), with the aligned rows and the attention masks in the autocast dtype as the
+    network hands them over in inference.
 
     Two rankings of the tokens for a forced keep ratio: the random predictor's logits (a random projection of
     the change: kept tokens scattered over nearly every window, so keys/values are computed almost everywhere),
@@ -277,6 +279,8 @@ def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
     with torch.no_grad(), autocast:
         sparse = model.mask_control(device).sparse  # the path the network takes here (sparse_inference)
         random = block.constants(layout)
+        if autocast_dtype is not None:  # as the network hands them to its blocks under autocast
+            random = random.with_masks_in(autocast_dtype)
         by_change = random._replace(mask_weight=torch.full_like(random.mask_weight, 1 / c),
                                     mask_bias=torch.zeros_like(random.mask_bias))
         _, state, _ = block(tokens[0], aligned, random, layout, None, MaskControl())
@@ -361,8 +365,8 @@ def progress(line: str) -> None:
 
 # (name, WINDOW_CHUNK or None, a path of PATHS or None, under torch.compile)
 Contestant = tuple[str, 'int | None', 'str | None', bool]
-# --compare-paths: (sparse_inference, gathered_attention_pays forced or None: as mia_block decides per device and dtype)
-PATHS = {'sparse': (True, None), 'dense': (False, None), 'gathered': (True, True)}
+# --compare-paths: (sparse_inference, mia_block.GATHERED_BELOW or None: as it is)
+PATHS = {'sparse': (True, None), 'dense': (False, None), 'every-attention': (True, 0.0)}
 
 
 def contestants(args: argparse.Namespace) -> list[Contestant]:
@@ -401,18 +405,18 @@ def warm_up_compiled(args: argparse.Namespace, calls: dict[str, Callable], where
 def variant(ours: MIAVSR, chunk: int | None, path: str | None):
     """vsrkit with another WINDOW_CHUNK (windows per chunk of a block) and / or a path of PATHS for the duration
     (None: as it is)."""
-    saved = mia_attention.WINDOW_CHUNK, ours.sparse_inference, mia_block.gathered_attention_pays
+    saved = mia_attention.WINDOW_CHUNK, ours.sparse_inference, mia_block.GATHERED_BELOW
     if chunk is not None:
         mia_attention.WINDOW_CHUNK = mia_block.WINDOW_CHUNK = chunk
     if path is not None:
-        ours.sparse_inference, gathered = PATHS[path]
-        if gathered is not None:
-            mia_block.gathered_attention_pays = lambda device: gathered
+        ours.sparse_inference, gathered_below = PATHS[path]
+        if gathered_below is not None:
+            mia_block.GATHERED_BELOW = gathered_below
     try:
         yield
     finally:
         mia_attention.WINDOW_CHUNK = mia_block.WINDOW_CHUNK = saved[0]
-        ours.sparse_inference, mia_block.gathered_attention_pays = saved[1:]
+        ours.sparse_inference, mia_block.GATHERED_BELOW = saved[1:]
 
 
 def baseline_sizes(args: argparse.Namespace) -> list[tuple[int, int, int, int]]:
@@ -674,9 +678,10 @@ def main() -> None:
                         help='baseline: also time vsrkit with these WINDOW_CHUNK values (comma separated)')
     parser.add_argument('--compare-paths', action='store_true',
                         help='baseline: also time vsrkit with sparse_inference forced on (gather/scatter of the kept '
-                             'tokens), off (every token computed, then selected), and on with the attention\'s tokens '
-                             'gathered too where a block keeps less than mia_block.GATHERED_BELOW of them, also under '
-                             'CPU autocast (there only the MLP rows are by default); vsrkit: its default choice')
+                             'tokens), off (every token computed, then selected), and on with only the MLP\'s rows '
+                             'gathered (every-attention: every token\'s attention computed and selected, where by '
+                             'default blocks keeping less than mia_block.GATHERED_BELOW gather it); vsrkit: its '
+                             'default choice')
     parser.add_argument('--compare-compile', action='store_true',
                         help='baseline: also time vsrkit under torch.compile (inductor; two warm-up calls per '
                              'condition, printed, then in the alternation)')

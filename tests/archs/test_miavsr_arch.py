@@ -15,8 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vsrkit.archs  # noqa: F401  (registers the archs)
 from vsrkit.archs import mia_attention, mia_block, mia_mask, mia_network, mia_window_layout, miavsr_arch
-from vsrkit.archs.mia_attention import InterIntraWindowAttention, normalise
-from vsrkit.archs.mia_block import GATHERED_BELOW, ROW_BUCKET, InterIntraBlock, gathered_attention_pays
+from vsrkit.archs.mia_attention import EXACT_SHAPES, InterIntraWindowAttention, normalise
+from vsrkit.archs.mia_block import AUTOCAST_SHAPES, GATHERED_BELOW, InterIntraBlock, gather_shapes
 from vsrkit.archs.mia_mask import MaskControl
 from vsrkit.archs.mia_window_layout import WindowLayout
 from vsrkit.archs.miavsr_arch import MIAVSR
@@ -435,15 +435,15 @@ def test_sparse_gather_scatter_equals_dense_reference():
 def test_sparse_path_by_default_only_where_it_pays(monkeypatch):
     """``sparse_inference`` None (the default) gathers the kept tokens on the CPU and computes every token on CUDA,
     where that was measured faster (mia_network.sparse_pays); the attention's tokens are gathered too only in a
-    block keeping less than GATHERED_BELOW of them, and never under CPU autocast (mia_block.gathered_attention_pays);
-    True / False force either; the forward follows the choice."""
+    block keeping less than GATHERED_BELOW of them, in fp32 and under CPU autocast (then in AUTOCAST_SHAPES:
+    mia_block.gather_shapes); True / False force either; the forward follows the choice."""
     model = tiny_model().eval()
     cpu, cuda = torch.device('cpu'), torch.device('cuda')  # a device name: no GPU needed to ask
     assert model.sparse_inference is None
     assert model.mask_control(cpu).sparse and not model.mask_control(cuda).sparse
-    assert gathered_attention_pays(cpu) and gathered_attention_pays(cuda)
+    assert gather_shapes(cpu) == gather_shapes(cuda) == EXACT_SHAPES
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        assert model.mask_control(cpu).sparse and not gathered_attention_pays(cpu)
+        assert model.mask_control(cpu).sparse and gather_shapes(cpu) == AUTOCAST_SHAPES
     model.sparse_inference = True
     assert model.mask_control(cuda).sparse
     model.sparse_inference = False
@@ -460,7 +460,7 @@ def test_sparse_path_by_default_only_where_it_pays(monkeypatch):
     model.sparse_inference = None
     lqs = clip_frames(3, (64, 64))
     masked_blocks = 4 * 2 * 2  # branches x frames after the first x blocks
-    for keep, autocast, gathered in ((0.3, False, True), (0.7, False, False), (0.3, True, False)):
+    for keep, autocast, gathered in ((0.3, False, True), (0.7, False, False), (0.3, True, True), (0.7, True, False)):
         model.forced_keep_ratio = keep
         calls.update(block=0, attention=0)
         with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
@@ -469,14 +469,16 @@ def test_sparse_path_by_default_only_where_it_pays(monkeypatch):
     assert 0.3 < GATHERED_BELOW <= 0.7  # the keep ratios above fall on either side of it
 
 
-def test_gathered_mlp_rows_padded_and_attention_of_every_token_equal_dense_reference(monkeypatch):
-    """The sparse path as it runs under CPU autocast — the attention of every token computed and the kept rows
-    selected, the kept rows' MLP on a gathered tensor padded to a multiple of ROW_BUCKET rows — computes the dense
-    reference's function (here in fp32, with those two choices forced), and every MLP GEMM it runs has a padded
-    row count."""
+def test_autocast_shapes_equal_dense_reference(monkeypatch):
+    """The sparse path in the shapes it takes under CPU autocast (AUTOCAST_SHAPES: a window missing at most 32 kept
+    tokens computed whole, the others' queries padded to a multiple of 16, the MLP's gathered rows to a multiple of
+    256) computes the dense reference's function (here in fp32, with those shapes forced), in blocks that gather the
+    attention's tokens (keep 0.3) and blocks that compute every token's attention (0.7), and every gathered GEMM
+    and attention call it runs has one of those shapes."""
     model = tiny_model().eval()
     lqs = clip_frames(3, (64, 64))
-    rows, inside = [], []
+    shapes = AUTOCAST_SHAPES
+    rows, queries, inside = [], [], []
 
     def count_rows(module, args) -> None:
         if inside:
@@ -485,7 +487,7 @@ def test_gathered_mlp_rows_padded_and_attention_of_every_token_equal_dense_refer
     for block in (b for branch in model.patch_align.values() for layer in branch.layers
                   for b in layer.residual_group.blocks):
         block.mlp.fc1.register_forward_pre_hook(count_rows)
-    forward_kept = InterIntraBlock._forward_kept
+    forward_kept, attend = InterIntraBlock._forward_kept, InterIntraWindowAttention.attend
 
     def flagged(self, *args):
         inside.append(True)
@@ -494,22 +496,61 @@ def test_gathered_mlp_rows_padded_and_attention_of_every_token_equal_dense_refer
         finally:
             inside.pop()
 
+    def counted_attend(self, q, *args):
+        if inside:
+            queries.append(q.shape[1])
+        return attend(self, q, *args)
+
     results = {}
-    for forced in (None, 0.3):  # 0.3 keeps 1229 of a frame's 4096 tokens: not a multiple of ROW_BUCKET
+    for forced in (None, 0.3, 0.7):  # 0.3 keeps 1229 of a frame's 4096 tokens: not a multiple of 256
         model.forced_keep_ratio = forced
         for sparse in (True, False):
             model.sparse_inference = sparse
             with monkeypatch.context() as patch, torch.no_grad():
-                patch.setattr(mia_block, 'gathered_attention_pays', lambda device: False)
-                patch.setattr(mia_block, 'row_bucket', lambda device: ROW_BUCKET)
+                patch.setattr(mia_block, 'gather_shapes', lambda device: shapes)
                 patch.setattr(InterIntraBlock, '_forward_kept', flagged)
+                patch.setattr(InterIntraWindowAttention, 'attend', counted_attend)
                 rows.clear()
+                queries.clear()
                 results[forced, sparse] = model(lqs, return_keep_ratios=True)
-            assert all(n % ROW_BUCKET == 0 for n in rows) and bool(rows) == sparse, rows
-    for forced in (None, 0.3):
+            assert all(n % shapes.row_bucket == 0 for n in rows) and bool(rows) == sparse, rows
+            assert set(queries) <= {16, 32, 64}, queries
+            if sparse and forced == 0.3:
+                assert {16, 32} & set(queries), queries  # the partly kept windows' queries were gathered
+    for forced in (None, 0.3, 0.7):
         (out_s, r_s), (out_d, r_d) = results[forced, True], results[forced, False]
         assert torch.equal(r_s, r_d)
         assert torch.allclose(out_s, out_d, atol=1e-5)
+
+
+def test_autocast_masks_cast_once_after_merging_in_fp32():
+    """Under autocast the branches hand their blocks attention masks already in the autocast dtype (cast once per
+    branch call, not per chunk), and a repeated aligned frame's two biases are merged (logaddexp) before that cast,
+    in the parameters' dtype."""
+    model = tiny_model().eval()
+    lqs = clip_frames(2, (64, 64))
+    seen = []
+    forward = InterIntraBlock.forward
+
+    def recording(self, x, aligned, consts, *args):
+        seen.append(consts.attn_masks)
+        return forward(self, x, aligned, consts, *args)
+
+    branch = model.patch_align['backward_1']
+    layout = model.window_layout(1, 64, 64, torch.device('cpu'))
+    expected = [c.with_one_aligned_frame().attn_masks.to(torch.bfloat16) for c in branch.constants(layout)]
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        patch.setattr(InterIntraBlock, 'forward', recording)
+        model(lqs)
+    assert seen and all(masks.dtype == torch.bfloat16 for masks in seen)
+    first_step = seen[:len(expected)]  # backward_1 runs first; its first step has one aligned frame
+    assert all(torch.equal(got, want) for got, want in zip(first_step, expected))
+    with torch.no_grad():
+        seen.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(InterIntraBlock, 'forward', recording)
+            model(lqs)
+    assert all(masks.dtype == torch.float32 for masks in seen)
 
 
 def test_all_kept_mask_equals_disabled_mask():
