@@ -348,12 +348,11 @@ def _stacked(frames: list[torch.Tensor]) -> torch.Tensor:
 def sparse_pays(device: torch.device) -> bool:
     """Whether computing only the kept tokens (gather/scatter, ``MaskControl.sparse``) beats computing every token
     and selecting, as measured with benchmarks/miavsr_speed.py --compare-paths (same weights and clip, alternating
-    calls, 1x5x3x64x64 unless said, 2 threads of an AMX Xeon): on the CPU it does, in fp32 (5.67-5.91 against
-    6.75-6.82 s in two pairs) and, with the attention of every token computed there and only the MLP's rows gathered
-    (``mia_block.gathered_attention_pays``, ``mia_block.row_bucket``), under bf16 autocast (4.40 against 4.91 s best,
-    4.55 against 4.91 s median; before, with the attention gathered too and the MLP rows unpadded, it took 8.20
-    against 5.12 s). On CUDA it never does (H200: fp32 1.51 against 0.80 s, and 3.52 against 2.39 s at 180x320; bf16
-    autocast 1.98 against 1.20 s), as each gather there is several kernel launches and a host sync."""
+    calls, 1x5x3x64x64 unless said, 2 threads of an AMX Xeon): on the CPU it does, in fp32 (6.37 against 7.50 s,
+    best of three pairs) and under bf16 autocast (4.46 against 5.18 s), there in the shapes of
+    ``mia_block.gather_shapes`` (before them it took 8.20 against 5.12 s). On CUDA it never does (H200: fp32 1.51
+    against 0.80 s, and 3.52 against 2.39 s at 180x320; bf16 autocast 1.98 against 1.20 s), as each gather there is
+    several kernel launches and a host sync."""
     return device.type == 'cpu'
 
 

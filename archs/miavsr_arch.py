@@ -58,8 +58,8 @@ class MIAVSR(RecurrentInterIntraVSR):
     Runtime attributes: ``sparse_inference`` (True: in eval only the kept tokens go through the MLP, and through
     the attention where a block keeps less than ``mia_block.GATHERED_BELOW`` (50%) of them, above that computing
     every token's attention and selecting is cheaper; False always computes all tokens and selects, the dense
-    reference; None, the default: sparse where it pays, on the CPU (under CPU autocast the attention of every
-    token: ``mia_block.gathered_attention_pays``), and dense on CUDA, as measured: ``mia_network.sparse_pays``),
+    reference; None, the default: sparse where it pays, on the CPU (under CPU autocast in the shapes of
+    ``mia_block.gather_shapes``), and dense on CUDA, as measured: ``mia_network.sparse_pays``),
     ``forced_keep_ratio`` (None, or a fraction: in eval keep that share of each sample's tokens with the highest
     logits, e.g. to benchmark untrained weights).
 
