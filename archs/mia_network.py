@@ -126,11 +126,12 @@ class PatchAlignTransformer(nn.Module):
         # every block attends to the same aligned frames: normalised and partitioned once per step
         aligned = normalise(tokens[:, :-1])
         inference = not torch.is_grad_enabled()
-        aligned = [layout.aligned_windows(aligned, shifted, spare_rows=inference) for shifted in (False, True)]
         device = layout.device.type
         if torch.is_autocast_enabled(device) and inference:
-            # inference: every block's k/v projection reads them in the autocast dtype; cast once, not per block
-            aligned = [rows.to(torch.get_autocast_dtype(device)) for rows in aligned]
+            # inference: every block's k/v projection reads them in the autocast dtype; cast once, not per block,
+            # and before the two window gathers (half the bytes they write; 1x3x3x180x320 bf16: 25.8 against 26.1 s)
+            aligned = aligned.to(torch.get_autocast_dtype(device))
+        aligned = [layout.aligned_windows(aligned, shifted, spare_rows=inference) for shifted in (False, True)]
         x = tokens[:, -1]
         new_states, ratios = [], []
         block_index = 0

@@ -523,34 +523,35 @@ def test_autocast_shapes_equal_dense_reference(monkeypatch):
         assert torch.allclose(out_s, out_d, atol=1e-5)
 
 
-def test_autocast_masks_cast_once_after_merging_in_fp32():
-    """Under autocast the branches hand their blocks attention masks already in the autocast dtype (cast once per
-    branch call, not per chunk), and a repeated aligned frame's two biases are merged (logaddexp) before that cast,
-    in the parameters' dtype."""
+def test_autocast_masks_and_aligned_rows_cast_once_after_merging_in_fp32():
+    """Under autocast the branches hand their blocks attention masks and aligned frames' rows already in the autocast
+    dtype (cast once per branch call and step, not per block or chunk), and a repeated aligned frame's two biases are
+    merged (logaddexp) before that cast, in the parameters' dtype; without autocast both stay fp32."""
     model = tiny_model().eval()
     lqs = clip_frames(2, (64, 64))
     seen = []
     forward = InterIntraBlock.forward
 
     def recording(self, x, aligned, consts, *args):
-        seen.append(consts.attn_masks)
+        seen.append((consts.attn_masks, aligned.dtype))
         return forward(self, x, aligned, consts, *args)
 
     branch = model.patch_align['backward_1']
     layout = model.window_layout(1, 64, 64, torch.device('cpu'))
     expected = [c.with_one_aligned_frame().attn_masks.to(torch.bfloat16) for c in branch.constants(layout)]
+    for autocast, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        seen.clear()
+        with pytest.MonkeyPatch.context() as patch, torch.no_grad():
+            patch.setattr(InterIntraBlock, 'forward', recording)
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+                model(lqs)
+        assert seen and all(masks.dtype == aligned == dtype for masks, aligned in seen), autocast
+    seen.clear()
     with pytest.MonkeyPatch.context() as patch, torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         patch.setattr(InterIntraBlock, 'forward', recording)
         model(lqs)
-    assert seen and all(masks.dtype == torch.bfloat16 for masks in seen)
-    first_step = seen[:len(expected)]  # backward_1 runs first; its first step has one aligned frame
+    first_step = [masks for masks, _ in seen[:len(expected)]]  # backward_1 runs first, one aligned frame at its first step
     assert all(torch.equal(got, want) for got, want in zip(first_step, expected))
-    with torch.no_grad():
-        seen.clear()
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(InterIntraBlock, 'forward', recording)
-            model(lqs)
-    assert all(masks.dtype == torch.float32 for masks in seen)
 
 
 def test_all_kept_mask_equals_disabled_mask():
