@@ -782,8 +782,8 @@ def main() -> None:
               'block rows: one shifted attention block (of 96) at that size, its seconds per call, x off against '
               'the block with the mask disabled (same dtype), GFLOP of that call (keys/values for all windows with '
               'a kept token; queries, attention, projection and MLP for kept tokens), through the path the network '
-              'takes (bf16: the attention of every token computed, then selected, the MLP of the kept rows '
-              'gathered). rnd: tokens ranked by the random '
+              'takes (the attention\'s kept tokens gathered below mia_block.GATHERED_BELOW; under CPU autocast in '
+              'mia_block.AUTOCAST_SHAPES). rnd: tokens ranked by the random '
               'predictor (scattered); chg: by their change since the previous frame (where the picture moves). '
               'share/target/ideal: block time / mask disabled, against 0.15 + 0.85 x keep (1.0 at keep >= 0.9), and the '
               "row's GFLOP / the mask-disabled row's: the least share any arrangement of the same function reaches (keys/"
