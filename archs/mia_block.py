@@ -37,7 +37,9 @@ from vsrkit.utils.chunk_workers import chunk_plan, map_chunks
 # fp32, 2 threads, AMX Xeon, time / the mask disabled (gathered against every token's attention; MLP rows gathered in
 # both): 64x64 LR keep 0.25 0.80 against 0.90, 0.4 0.89/0.93, 0.45 0.94/0.93, 0.5 1.02/0.97, 0.6 1.07/0.97,
 # 0.9 1.16/1.04; 180x320 LR keep 0.4 0.73/0.91, 0.5 0.88/0.90, 0.6 0.97/1.00, 0.75 1.06/1.00, 0.95 1.13/1.08.
-# Computing every token with the dense path's selects instead took 1.09-1.15 at keep 0.25-1.0 (64x64)
+# Computing every token with the dense path's selects instead took 1.09-1.15 at keep 0.25-1.0 (64x64). Under CPU
+# bf16 autocast (AUTOCAST_SHAPES), the network alternating in one process: 1x5x3x64x64 3.83 s at 0.5 against 3.86 s
+# at 0.35 and 3.90 s at 0.6; 1x3x3x180x320 28.65 s at 0.5 against 29.44 s at 0.7
 GATHERED_BELOW = 0.5
 
 
@@ -268,7 +270,7 @@ def gather_shapes(device: torch.device) -> GatherShapes:
     2 threads, took 4.2 ms unpadded against 1.1 ms padded to 256 rows (2.2 ms for all 4096 rows). Padded to 256
     rows a GEMM takes at most 64 shapes (chunks of at most WINDOW_CHUNK windows of 64 tokens). bf16 SDPA (64
     windows of 192 keys, heads of 20 channels) took 1.24 / 1.71 / 2.33 ms for 16 / 32 / 64 queries a window, but
-    2.94-3.37 ms for 40-56 (2 threads, AMX Xeon): a window keeping more than 32 tokens is computed whole, the
+    2.94-3.37 ms for 40-56 (2 threads, AMX Xeon): a window keeping at least 32 tokens is computed whole, the
     others' queries padded to 16 or 32. With these shapes the sparse path with the attention's tokens gathered
     (below GATHERED_BELOW) took 28.8 / 29.8 s (best / median, 2 pairs) against 32.4 / 32.7 s computing every
     token's attention (1x3x3x180x320, bf16), and 4.10 / 4.14 against 4.21 / 4.28 s at 1x5x3x64x64 (4 pairs).
