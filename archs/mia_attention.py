@@ -74,10 +74,15 @@ class BlockConstants(NamedTuple):
         merged = torch.logaddexp(masks[..., :tokens], masks[..., tokens:2 * tokens])
         return self._replace(attn_masks=torch.cat([merged, masks[..., 2 * tokens:]], -1))
 
-    def with_masks_in(self, dtype: torch.dtype) -> BlockConstants:
-        """These constants with the attention masks in ``dtype``: the dtype SDPA reads them in under autocast (cast
-        once per branch call instead of for each chunk of windows: 0.04-0.09 s of a 4.4 s 1x5x3x64x64 CPU bf16 call)."""
-        return self._replace(attn_masks=self.attn_masks.to(dtype))
+    def in_dtype(self, dtype: torch.dtype) -> BlockConstants:
+        """These constants as the blocks read them under autocast: the attention masks (SDPA takes them in the
+        query's dtype) and the folded projections in ``dtype``, cast once per branch call instead of for each chunk
+        of windows (autocast caches its casts of parameters, not of tensors computed from them; 1x5x3x64x64 CPU
+        bf16: masks 0.04-0.09 s, projections ~0.1 s of a 4.4 s call). The mask predictor's stay as they are (its
+        matrix-vector product runs in fp32 under autocast, see InterIntraBlock.forward)."""
+        return self._replace(q_weight=self.q_weight.to(dtype), q_bias=self.q_bias.to(dtype),
+                             kv_weight=self.kv_weight.to(dtype), pad_kv=self.pad_kv.to(dtype),
+                             proj_bias=self.proj_bias.to(dtype), attn_masks=self.attn_masks.to(dtype))
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

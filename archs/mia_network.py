@@ -30,7 +30,7 @@ import vsrkit.utils  # noqa: F401  (basicsr compatibility shim before the basics
 from basicsr.archs.arch_util import flow_warp
 from basicsr.archs.spynet_arch import SpyNet
 from vsrkit.archs.mia_attention import MIN_WINDOWS_PER_WORKER, WINDOW_CHUNK, BlockConstants, normalise
-from vsrkit.archs.mia_block import BlockState, InterIntraBlock, ResidualGroup
+from vsrkit.archs.mia_block import BlockState, InterIntraBlock, ResidualGroup, residual_dtype
 from vsrkit.archs.mia_mask import MaskControl
 from vsrkit.archs.mia_window_layout import WindowLayout
 from vsrkit.utils.chunk_workers import chunk_plan
@@ -133,6 +133,9 @@ class PatchAlignTransformer(nn.Module):
             aligned = aligned.to(torch.get_autocast_dtype(device))
         aligned = [layout.aligned_windows(aligned, shifted, spare_rows=inference) for shifted in (False, True)]
         x = tokens[:, -1]
+        carried = residual_dtype(layout.device)
+        if carried is not None:
+            x = x.to(carried)
         new_states, ratios = [], []
         block_index = 0
         for layer in self.layers:
@@ -272,8 +275,8 @@ class RecurrentInterIntraVSR(nn.Module):
         device = layout.device.type
         if torch.is_autocast_enabled(device):  # after the merge above, which is in the parameters' dtype
             dtype = torch.get_autocast_dtype(device)
-            constants = [consts.with_masks_in(dtype) for consts in constants]
-            one_frame_constants = [consts.with_masks_in(dtype) for consts in one_frame_constants]
+            constants = [consts.in_dtype(dtype) for consts in constants]
+            one_frame_constants = [consts.in_dtype(dtype) for consts in one_frame_constants]
         patch = self.window_size[1:]
         outputs, states, ratios = [], None, []
         for step, idx in enumerate(order):

@@ -254,8 +254,8 @@ def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
     seconds, useful FLOPs) for the mask disabled and each forced keep ratio, timed alternately, best of reps;
     masked rows through the path the network takes there (``mask_control``: kept tokens gathered on the CPU, for the
     attention too below mia_block.GATHERED_BELOW, under CPU autocast in mia_block.AUTOCAST_SHAPES; every token
-    computed and selected on CUDA), with the aligned rows and the attention masks in the autocast dtype as the
-    network hands them over in inference.
+    computed and selected on CUDA), with the rows (mia_block.residual_dtype), the aligned rows and the constants in
+    the dtypes the network hands them over in inference.
 
     Two rankings of the tokens for a forced keep ratio: the random predictor's logits (a random projection of
     the change: kept tokens scattered over nearly every window, so keys/values are computed almost everywhere),
@@ -277,10 +277,13 @@ def block_rows(model: MIAVSR, lqs: torch.Tensor, keeps: list[float], reps: int,
         aligned = aligned.to(autocast_dtype)
     autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     with torch.no_grad(), autocast:
+        carried = mia_block.residual_dtype(device)  # the rows' dtype in the network here
+        if carried is not None:
+            tokens = [rows.to(carried) for rows in tokens]
         sparse = model.mask_control(device).sparse  # the path the network takes here (sparse_inference)
         random = block.constants(layout)
         if autocast_dtype is not None:  # as the network hands them to its blocks under autocast
-            random = random.with_masks_in(autocast_dtype)
+            random = random.in_dtype(autocast_dtype)
         by_change = random._replace(mask_weight=torch.full_like(random.mask_weight, 1 / c),
                                     mask_bias=torch.zeros_like(random.mask_bias))
         _, state, _ = block(tokens[0], aligned, random, layout, None, MaskControl())
