@@ -51,10 +51,10 @@ def chunk_plan(items: int, cap: int, minimum: int, device: torch.device) -> tupl
     else 1 (the caller itself). Chunks: ``cap`` units for the caller alone; with workers, at most ``cap`` and as
     many chunks as a multiple of the workers, so that they divide the work evenly (920 windows in chunks of 256
     left one worker 512 and the other 408; in four of 230 each gets 460)."""
-    if device.type != 'cpu' or torch.is_grad_enabled() or _recorded():
+    if device.type != 'cpu' or torch.is_grad_enabled():
         return 1, cap
     workers = max(1, min(torch.get_num_threads(), items // minimum))
-    if workers == 1:
+    if workers == 1 or _recorded():  # the costlier check (several us) last: a 64x64 LR call asks ~1000 times
         return 1, cap
     chunks = math.ceil(items / (workers * cap)) * workers
     return workers, max(1, math.ceil(items / chunks))
