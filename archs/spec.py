@@ -47,6 +47,9 @@ class ModelIO:
         cost: 'local' (convolutions, windowed attention: time linear in pixels) or 'global' (attention over
             every pixel: quadratic; callers tile large frames, near ``train_size``).
         dtypes: the autocast dtypes the network tolerates besides fp32 ('bf16', 'fp16').
+        amx_dtype: what ``--dtype auto`` runs it in on a CPU with AMX (vsrkit.utils.precision.auto_dtype): 'bf16'
+            where measured faster than fp32 there, 'fp32' otherwise (unmeasured, or slower: ELSR's few channels
+            took 0.79x fp32's speed under bf16 autocast).
         train_size: the LR patch size the network was trained on, when known (tiling hint for 'global' cost).
     """
 
@@ -61,10 +64,11 @@ class ModelIO:
     cost: str = 'local'
     dtypes: tuple[str, ...] = ('bf16', 'fp16')
     train_size: int | None = None
+    amx_dtype: str = 'fp32'
 
     def __post_init__(self) -> None:
         for name, value, allowed in (('temporal', self.temporal, TEMPORAL), ('color', self.color, COLORS),
-                                     ('cost', self.cost, COSTS)):
+                                     ('cost', self.cost, COSTS), ('amx_dtype', self.amx_dtype, ('fp32',) + self.dtypes)):
             if value not in allowed:
                 raise ValueError(f'ModelIO.{name}: expected one of {allowed}, got {value!r}')
 

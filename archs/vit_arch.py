@@ -218,8 +218,9 @@ def _infer(s: dict[str, torch.Tensor]) -> dict:
 register_spec(ArchSpec(
     'ViTSR', present=('patch_embed.weight', 'transformer.layers.0.self_attn.in_proj_weight', 'upsample.0.weight'),
     infer=_infer,
-    # Global attention (window_size None, the seed) is quadratic in pixels: callers tile large frames.
+    # Global attention (window_size None, the seed) is quadratic in pixels: callers tile large frames. bf16 on an
+    # AMX CPU: the demo's network on a 64x48 frame 1.93x fp32's speed, 57 dB against the fp32 output (2 threads)
     io=lambda o: single_frame_io(o['in_chans'], o['in_chans'], o['scale'],
-                                 cost='global' if o['window_size'] is None else 'local'),
+                                 cost='global' if o['window_size'] is None else 'local', amx_dtype='bf16'),
     notes='num_heads (hidden by the packed in-projection; default 4, the seed), window_size and residual keep '
           'their defaults unless given'))

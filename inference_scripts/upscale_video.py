@@ -3,7 +3,7 @@
 
 Usage:
     vsrkit-upscale INPUT OUTPUT --model CKPT [--opt YML | --arch NAME] [--scale S] [--tile N --tile-overlap N]
-                   [--chunk N --chunk-overlap N] [--batch N] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
+                   [--chunk N --chunk-overlap N] [--batch N] [--device cpu|cuda] [--dtype auto|fp32|fp16|bf16]
                    [--crf N] [--preset NAME] [--fps F] [--window-padding MODE] [--no-audio] [--no-subtitles]
                    [--backend torch|onnxruntime]
 
@@ -27,8 +27,10 @@ recurrent networks overlapping chunks of ``--chunk`` frames sharing ``--chunk-ov
 Tiling: by default chosen from the architecture's cost class and announced in one line (global attention, e.g.
 the demo's ViTSR: tiles near its training patch; convolutional networks: whole frames up to about 2 MP);
 ``--tile N`` sets N-pixel tiles, ``--tile 0`` forces whole frames. ``--dtype bf16/fp16`` runs the network under
-autocast where its spec tolerates it (fp16: CUDA only). ``--backend onnxruntime`` (or an ``.onnx`` file from
-``scripts/export_onnx.py`` as ``--model``) runs single-frame networks in ONNX Runtime, fed the same way.
+autocast where its spec tolerates it (fp16: CUDA only); the default, ``auto``, runs bf16 on a CPU with AMX for
+networks whose spec says it is faster there (``ModelIO.amx_dtype``: MIA-VSR, IIA-VSR, ViTSR) and fp32 otherwise,
+and says which and why (``vsrkit.utils.precision.auto_dtype``). ``--backend onnxruntime`` (or an ``.onnx`` file
+from ``scripts/export_onnx.py`` as ``--model``) runs single-frame networks in ONNX Runtime, fed the same way.
 
 Safety: the output is written under a temporary name in the output's folder and renamed only when complete; an
 error or Ctrl-C removes it. Errors (unreadable input, no frames, an unwritable output, bad options) print one
@@ -49,7 +51,7 @@ from vsrkit.inference.onnx_backend import OnnxNetwork, export_onnx, load_onnx
 from vsrkit.inference.pipeline import upscale_video
 from vsrkit.inference.video_io import FrameSource, open_writer
 from vsrkit.utils.cpu_allocator import retain_freed_memory
-from vsrkit.utils.precision import DTYPE_CHOICES, parse_dtype
+from vsrkit.utils.precision import AUTO, DTYPE_CHOICES, auto_dtype, parse_dtype
 
 __all__ = ['FrameSource', 'main', 'open_writer', 'upscale_video']
 
@@ -72,7 +74,7 @@ def _network(args: argparse.Namespace, device: torch.device) -> tuple:
         if onnx_file:
             raise ValueError(f'--model {args.model}: an ONNX file runs with --backend onnxruntime')
         return load_model(args.model, args.arch, args.opt, device)
-    if device.type != 'cpu' or args.dtype != 'fp32':
+    if device.type != 'cpu' or args.dtype not in ('fp32', AUTO):
         raise ValueError('--backend onnxruntime runs fp32 on the CPU here (export with scripts/export_onnx.py --fp16 '
                          'for a half-precision model); drop --device / --dtype')
     if onnx_file:
@@ -111,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--window-padding', default='reflection',
                         choices=('reflection', 'replicate', 'reflection_circle', 'circle'))
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--dtype', default='fp32', choices=DTYPE_CHOICES)
+    parser.add_argument('--dtype', default=AUTO, choices=DTYPE_CHOICES + (AUTO,),
+                        help='autocast precision (default auto: bf16 on a CPU with AMX for networks measured faster '
+                             'in it, else fp32; the choice and why are announced)')
     parser.add_argument('--crf', type=int, default=18, help='x264 quality (0-51, lower is better; default 18)')
     parser.add_argument('--preset', default='medium', help='x264 preset (default medium)')
     parser.add_argument('--fps', type=float, default=25.0, help='frame rate of a folder input (default 25)')
@@ -129,12 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(args.device)
         if device.type == 'cuda' and not torch.cuda.is_available():
             raise ValueError('--device cuda: CUDA is not available')
-        dtype = parse_dtype(args.dtype, device)
+        dtype = None if args.dtype == AUTO else parse_dtype(args.dtype, device)
         if not 0 <= args.crf <= 51:
             raise ValueError(f'--crf must be in 0..51, got {args.crf}')
         source = FrameSource(args.input, args.fps)
         net, info = _network(args, device)
         io = info['io']
+        if args.dtype == AUTO:
+            onnx = isinstance(net, OnnxNetwork)  # runs fp32 (see _network)
+            args.dtype, why = ('fp32', 'onnxruntime runs fp32') if onnx else auto_dtype(device, io.amx_dtype)
+            dtype = parse_dtype(args.dtype, device)
+            _log(f'--dtype auto: {args.dtype} ({why})')
         if dtype is not None and args.dtype not in io.dtypes:
             raise ValueError(f"--dtype {args.dtype}: {info['arch']} is not run in {args.dtype} (its spec allows "
                              f"{', '.join(('fp32',) + io.dtypes)})")

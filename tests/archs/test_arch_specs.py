@@ -31,9 +31,9 @@ SWIN = dict(in_chans=3, embed_dim=12, depths=[2, 1], num_heads=[2, 3], window_si
 # case -> (class, constructor options: every one of them must be inferred back from the shapes, expected ModelIO)
 CASES = {
     'ViTSR-untied': (ViTSR, dict(in_chans=3, embed_dim=24, depth=3, mlp_dim=40, scale=3, share_weights=False),
-                     ModelIO('frame', 'rgb', 3, 3, 3, cost='global')),
+                     ModelIO('frame', 'rgb', 3, 3, 3, cost='global', amx_dtype='bf16')),
     'ViTSR-tied-grey': (ViTSR, dict(in_chans=1, embed_dim=16, depth=2, mlp_dim=24, scale=2, share_weights=True),
-                        ModelIO('frame', 'grey', 1, 1, 2, cost='global')),
+                        ModelIO('frame', 'grey', 1, 1, 2, cost='global', amx_dtype='bf16')),
     'ELSR': (ELSR, dict(scale=3, in_channels=3, num_feat=5), ModelIO('frame', 'rgb', 3, 3, 3)),
     'VDSR-pruned': (VDSR, dict(num_channels=9, num_layers=4, widths=[8, 6, 7, 5, 9]),
                     ModelIO('frame', 'y_bicubic', 1, 1, 1)),
@@ -44,8 +44,8 @@ CASES = {
                       ModelIO('frame', 'grey', 1, 3, 1)),
     'ConvLSTM-stacked': (ConvLSTM, dict(input_dim=2, hidden_dims=[3, 4], num_layers=2, kernel_size=[5, 5],
                                         stack_layers=True), ModelIO('clip', 'grey', 2, 4, 1)),
-    'MIAVSR': (MIAVSR, MIA_TINY, ModelIO('clip', 'rgb', 3, 3, 4)),
-    'IIAVSR': (IIAVSR, MIA_TINY, ModelIO('clip', 'rgb', 3, 3, 4)),
+    'MIAVSR': (MIAVSR, MIA_TINY, ModelIO('clip', 'rgb', 3, 3, 4, amx_dtype='bf16')),
+    'IIAVSR': (IIAVSR, MIA_TINY, ModelIO('clip', 'rgb', 3, 3, 4, amx_dtype='bf16')),
     'MSRResNet-x3': (MSRResNet, dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, upscale=3),
                      ModelIO('frame', 'rgb', 3, 3, 3)),
     'MSRResNet-x4': (MSRResNet, dict(num_in_ch=1, num_out_ch=1, num_feat=8, num_block=1, upscale=4),

@@ -29,6 +29,7 @@ from vsrkit.evaluation.image_protocol import super_resolve
 from vsrkit.inference.frame_model import GLOBAL_OVERLAP, GLOBAL_TILE
 from vsrkit.inference_scripts import upscale_video
 from vsrkit.utils.color import bicubic_downscale
+from vsrkit.utils.precision import auto_dtype
 from vsrkit.inference_scripts.upscale_video import main
 
 from analytic_nets import (blend_chunks, blend_tiles, colouring_grey2rgb, colouring_reference, convlstm_reference,
@@ -440,7 +441,7 @@ def test_global_attention_is_tiled_automatically_within_a_tenth_of_a_db(tmp_path
     """A ViTSR trained on 16 px LR patches, on real frames larger than its automatic tile: the tiling is announced —
     its patch plus a quarter on each side (24/4) when the checkpoint records the patch, as vsrkit's training does,
     else GLOBAL_TILE / GLOBAL_OVERLAP — it refines bicubic, and PSNR against HR stays within 0.1 dB of whole frames
-    (--tile 0)."""
+    (--tile 0). The default precision (--dtype auto: bf16 on an AMX CPU, else fp32) is announced too."""
     size = (GLOBAL_TILE * 2 + 8, GLOBAL_TILE + 8)  # LR width, height: 3 x 2 tiles of 48, 5 x 3 of 24
     hr = [cv2.resize(f, (2 * size[0], 2 * size[1]), interpolation=cv2.INTER_AREA) for f in carphone_frames(2)]
     folder = tmp_path / 'lr'
@@ -457,7 +458,10 @@ def test_global_attention_is_tiled_automatically_within_a_tenth_of_a_db(tmp_path
 
     capsys.readouterr()
     assert main([str(folder), str(tmp_path / 'auto'), '--model', str(ckpt), '--quiet']) == 0
-    tiling = [line for line in capsys.readouterr().err.splitlines() if line.startswith('tiling:')]
+    lines = capsys.readouterr().err.splitlines()
+    tiling = [line for line in lines if line.startswith('tiling:')]
+    name, why = auto_dtype('cpu', 'bf16')  # ViTSR's spec: bf16 on an AMX CPU (detected)
+    assert f'--dtype auto: {name} ({why})' in lines
     tile, overlap, why = (24, 4, 'trained on 16 px patches') if train_size else (GLOBAL_TILE, GLOBAL_OVERLAP,
                                                                                  'training patch unknown')
     assert tiling == [f'tiling: {tile}x{tile} tiles overlapping by {overlap} px (ViTSR attends globally: time grows '
