@@ -49,7 +49,7 @@ class ModelIO:
         dtypes: the autocast dtypes the network tolerates besides fp32 ('bf16', 'fp16').
         amx_dtype: what ``--dtype auto`` runs it in on a CPU with AMX (vsrkit.utils.precision.auto_dtype): 'bf16'
             where measured faster than fp32 there, 'fp32' otherwise (unmeasured, or slower: ELSR's few channels
-            took 0.79x fp32's speed under bf16 autocast).
+            took 0.69x fp32's speed under bf16 autocast, benchmarks/tiny_models.py).
         train_size: the LR patch size the network was trained on, when known (tiling hint for 'global' cost).
     """
 

@@ -219,7 +219,8 @@ register_spec(ArchSpec(
     'ViTSR', present=('patch_embed.weight', 'transformer.layers.0.self_attn.in_proj_weight', 'upsample.0.weight'),
     infer=_infer,
     # Global attention (window_size None, the seed) is quadratic in pixels: callers tile large frames. bf16 on an
-    # AMX CPU: the demo's network on a 64x48 frame 1.93x fp32's speed, 57 dB against the fp32 output (2 threads)
+    # AMX CPU: vsrkit-upscale with the seed's published weights at 64x48 LR 12.9 against 6.1 frames/s in fp32
+    # (benchmarks/video_stream.py, 2 threads), its output 50.9 dB from the fp32 output (astronaut, 64x48)
     io=lambda o: single_frame_io(o['in_chans'], o['in_chans'], o['scale'],
                                  cost='global' if o['window_size'] is None else 'local', amx_dtype='bf16'),
     notes='num_heads (hidden by the packed in-projection; default 4, the seed), window_size and residual keep '

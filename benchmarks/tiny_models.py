@@ -3,6 +3,9 @@
 
 Usage: python benchmarks/tiny_models.py [--threads N] [--min-seconds S]
 
+On a CPU with AMX each model also gets a bf16 autocast row, with its speed against the fp32 row (what
+``vsrkit-upscale --dtype auto`` weighs: ``ModelIO.amx_dtype``).
+
 Rows: ELSR x4 on a 180x320 LR frame (output 720x1280) and VDSR on a 360x640 frame (the bicubic-upscaled input of
 x2 from 180x320: VDSR runs at output resolution, so its cost does not depend on the scale; the bicubic upscaling
 itself is not timed). The floor row is one large convolution (64→64 channels, 3x3, on 1x64x256x256) measured in
@@ -25,6 +28,7 @@ from torch import nn
 from vsrkit.archs.elsr_arch import ELSR
 from vsrkit.archs.vdsr_arch import VDSR
 from vsrkit.evaluation.tables import format_table
+from vsrkit.utils.precision import BF16_MATRIX_FLAG, autocast_for, cpu_flags, parse_dtype
 
 
 def conv_flops(net: nn.Module, x: torch.Tensor) -> int:
@@ -74,17 +78,25 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [{'model': 'floor: conv 64->64 3x3, 256x256', 'input': '1x64x256x256', 'GFLOP/frame': floor_flops / 1e9,
              'ms/frame': floor_s * 1e3, 'frames/s': 1 / floor_s, 'GFLOP/s': floor_gflops, 'of floor': 1.0}]
+    # bf16 autocast rows only where the CPU has AMX (what vsrkit-upscale --dtype auto asks; without it, far slower)
+    amx = BF16_MATRIX_FLAG in cpu_flags()
     for name, net, shape in [('ELSR x4', ELSR(scale=4).eval(), (1, 3, 180, 320)),
                              ('VDSR (x2 of 180x320)', VDSR().eval(), (1, 1, 360, 640))]:
         x = torch.rand(*shape)
         flops = conv_flops(net, x)
-        seconds = seconds_per_call(lambda: net(x), args.min_seconds)
-        gflops = flops / seconds / 1e9
-        rows.append({'model': name, 'input': 'x'.join(map(str, shape)), 'GFLOP/frame': flops / 1e9,
-                     'ms/frame': seconds * 1e3, 'frames/s': 1 / seconds, 'GFLOP/s': gflops,
-                     'of floor': gflops / floor_gflops})
-    print(f'CPU, {args.threads} thread(s), torch {torch.__version__}')
-    print(format_table(rows, ['model', 'input', 'GFLOP/frame', 'ms/frame', 'frames/s', 'GFLOP/s', 'of floor']))
+        fp32_seconds = None
+        for dtype in ('fp32', 'bf16') if amx else ('fp32',):
+            with autocast_for('cpu', parse_dtype(dtype, 'cpu')):
+                seconds = seconds_per_call(lambda: net(x), args.min_seconds)
+            fp32_seconds = fp32_seconds or seconds
+            gflops = flops / seconds / 1e9
+            rows.append({'model': name, 'dtype': dtype, 'input': 'x'.join(map(str, shape)), 'GFLOP/frame': flops / 1e9,
+                         'ms/frame': seconds * 1e3, 'frames/s': 1 / seconds, 'x fp32': fp32_seconds / seconds,
+                         'GFLOP/s': gflops, 'of floor': gflops / floor_gflops})
+    print(f'CPU, {args.threads} thread(s), torch {torch.__version__}; bf16 autocast rows: '
+          f'{"yes" if amx else "no (no " + BF16_MATRIX_FLAG + ")"} (x fp32: the fp32 row\'s time / this row\'s)')
+    print(format_table(rows, ['model', 'dtype', 'input', 'GFLOP/frame', 'ms/frame', 'frames/s', 'x fp32', 'GFLOP/s',
+                              'of floor']))
     return 0
 
 

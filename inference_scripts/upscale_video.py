@@ -28,8 +28,8 @@ Tiling: by default chosen from the architecture's cost class and announced in on
 the demo's ViTSR: tiles near its training patch; convolutional networks: whole frames up to about 2 MP);
 ``--tile N`` sets N-pixel tiles, ``--tile 0`` forces whole frames. ``--dtype bf16/fp16`` runs the network under
 autocast where its spec tolerates it (fp16: CUDA only); the default, ``auto``, runs bf16 on a CPU with AMX for
-networks whose spec says it is faster there (``ModelIO.amx_dtype``: MIA-VSR, IIA-VSR, ViTSR) and fp32 otherwise,
-and says which and why (``vsrkit.utils.precision.auto_dtype``). ``--backend onnxruntime`` (or an ``.onnx`` file
+networks whose spec says it is faster there (``ModelIO.amx_dtype``: MIA-VSR, IIA-VSR, ViTSR, VDSR) and fp32
+otherwise, and says which and why (``vsrkit.utils.precision.auto_dtype``). ``--backend onnxruntime`` (or an ``.onnx`` file
 from ``scripts/export_onnx.py`` as ``--model``) runs single-frame networks in ONNX Runtime, fed the same way.
 
 Safety: the output is written under a temporary name in the output's folder and renamed only when complete; an

@@ -207,7 +207,7 @@ def test_published_checkpoints(reference_checkpoint, file, arch, expected):
         assert sum(p.numel() for p in net.parameters()) == 215_776  # tied: NOTES §1
         assert info['io'] == ModelIO('frame', 'rgb', 3, 3, 2, cost='global', amx_dtype='bf16')
     if arch == 'VDSR':
-        assert info['io'] == ModelIO('frame', 'y_bicubic', 1, 1, 1)
+        assert info['io'] == ModelIO('frame', 'y_bicubic', 1, 1, 1, amx_dtype='bf16')
     if file.startswith('vdsr_l1'):
         assert sum(p.numel() for p in net.parameters()) == 166_464  # NOTES §5
 

@@ -36,7 +36,7 @@ CASES = {
                         ModelIO('frame', 'grey', 1, 1, 2, cost='global', amx_dtype='bf16')),
     'ELSR': (ELSR, dict(scale=3, in_channels=3, num_feat=5), ModelIO('frame', 'rgb', 3, 3, 3)),
     'VDSR-pruned': (VDSR, dict(num_channels=9, num_layers=4, widths=[8, 6, 7, 5, 9]),
-                    ModelIO('frame', 'y_bicubic', 1, 1, 1)),
+                    ModelIO('frame', 'y_bicubic', 1, 1, 1, amx_dtype='bf16')),
     'Grey2RGB-v3': (Grey2RGBAutoEncoder, {k: list(v) if isinstance(v, tuple) else v
                                           for k, v in GREY2RGB_RELEASES['v3.0'].items()}, ModelIO('frame', 'grey', 1, 3, 1)),
     'Grey2RGB-head': (Grey2RGBAutoEncoder, {k: list(v) if isinstance(v, tuple) else v

@@ -270,7 +270,9 @@ def test_vdsr_refines_the_bicubic_y_channel(small_frames, tmp_path):
     torch.manual_seed(0)
     net = VDSR(num_channels=4, num_layers=2).eval()
     ckpt = save(net, tmp_path / 'vdsr.pth')
-    assert main([str(folder), str(tmp_path / 'out'), '--model', str(ckpt), '--scale', '3', '--quiet']) == 0
+    # fp32 (the network's spec asks bf16 on an AMX CPU by default): the reference below is computed in fp32
+    assert main([str(folder), str(tmp_path / 'out'), '--model', str(ckpt), '--scale', '3', '--dtype', 'fp32',
+                 '--quiet']) == 0
     got = read_pngs(tmp_path / 'out')
     lr = torch.from_numpy(small_frames[1][0]).permute(2, 0, 1)[None].float() / 255
     up = imresize(lr[0].double(), 3)[None].float()  # MATLAB bicubic, as eval_images.py
@@ -412,7 +414,8 @@ def test_published_vdsr_gives_the_pixels_of_eval_images(reference_checkpoint, tm
     folder = tmp_path / 'lr'
     folder.mkdir()
     cv2.imwrite(str(folder / '0.png'), lr)
-    assert main([str(folder), str(tmp_path / 'out'), '--model', str(ckpt), '--scale', '2', '--quiet']) == 0
+    assert main([str(folder), str(tmp_path / 'out'), '--model', str(ckpt), '--scale', '2', '--dtype', 'fp32',
+                 '--quiet']) == 0  # as eval_images.py runs by default
     got = cv2.imread(str(tmp_path / 'out' / '00000000.png'))
     assert got.shape == expected.shape == (96, 96, 3)
     assert np.array_equal(got, expected)

@@ -50,13 +50,14 @@ def test_auto_dtype_on_this_machine_follows_its_cpuinfo():
 
 
 def test_specs_name_bf16_for_amx_only_where_measured_faster():
-    """MIA-VSR / IIA-VSR and ViTSR were measured faster under bf16 autocast on an AMX CPU, ELSR slower (0.79x); a
-    spec cannot prefer a dtype the network does not tolerate."""
+    """MIA-VSR / IIA-VSR, ViTSR and VDSR were measured faster under bf16 autocast on an AMX CPU, ELSR slower
+    (benchmarks/tiny_models.py: 0.69x); a spec cannot prefer a dtype the network does not tolerate."""
     import vsrkit.archs  # noqa: F401  (registers the specs)
     from vsrkit.archs.spec import ARCH_SPECS, ModelIO
     options = {'MIAVSR': {'in_channels': 3}, 'IIAVSR': {'in_channels': 3},
-               'ViTSR': {'in_chans': 3, 'scale': 2, 'window_size': None}, 'ELSR': {'in_channels': 3, 'scale': 4}}
+               'ViTSR': {'in_chans': 3, 'scale': 2, 'window_size': None}, 'VDSR': {},
+               'ELSR': {'in_channels': 3, 'scale': 4}}
     assert {name: ARCH_SPECS[name].io(o).amx_dtype for name, o in options.items()} == {
-        'MIAVSR': 'bf16', 'IIAVSR': 'bf16', 'ViTSR': 'bf16', 'ELSR': 'fp32'}
+        'MIAVSR': 'bf16', 'IIAVSR': 'bf16', 'ViTSR': 'bf16', 'VDSR': 'bf16', 'ELSR': 'fp32'}
     with pytest.raises(ValueError, match='amx_dtype'):
         ModelIO('frame', 'rgb', 3, 3, 2, dtypes=(), amx_dtype='bf16')
