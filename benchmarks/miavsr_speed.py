@@ -87,7 +87,7 @@ from vsrkit.archs.mia_mask import MaskControl, keep_decision
 from vsrkit.archs.mia_network import MIN_FLOW_SIZE
 from vsrkit.archs.miavsr_arch import MIAVSR
 from vsrkit.utils.cpu_allocator import retain_freed_memory
-from vsrkit.utils.precision import autocast_for
+from vsrkit.utils.precision import autocast_for, cpu_flags
 
 
 def real_clip(frames: int, height: int, width: int) -> torch.Tensor:
@@ -321,11 +321,7 @@ def bf16_support(device: torch.device) -> tuple[bool, str]:
     if device.type == 'cuda':
         return True, 'CUDA'
     capability = torch.backends.cpu.get_cpu_capability()
-    try:
-        flags = set(next(line for line in open('/proc/cpuinfo') if line.startswith('flags')).split(':')[1].split())
-    except (OSError, StopIteration):
-        flags = set()
-    found = sorted(flags & {'amx_bf16', 'amx_tile', 'avx512_bf16'})
+    found = sorted(cpu_flags() & {'amx_bf16', 'amx_tile', 'avx512_bf16'})
     if found or 'AMX' in capability or 'BF16' in capability:
         return True, f'capability {capability}, flags {" ".join(found)}'
     return False, f'capability {capability}, no amx_bf16 / avx512_bf16 in /proc/cpuinfo'
