@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import vsrkit.archs  # noqa: F401  (registers the specs)
+from vsrkit.archs.spec import ARCH_SPECS, ModelIO
 from vsrkit.utils import precision
 from vsrkit.utils.precision import auto_dtype, cpu_flags, parse_dtype
 
@@ -52,8 +54,6 @@ def test_auto_dtype_on_this_machine_follows_its_cpuinfo():
 def test_specs_name_bf16_for_amx_only_where_measured_faster():
     """MIA-VSR / IIA-VSR, ViTSR and VDSR were measured faster under bf16 autocast on an AMX CPU, ELSR slower
     (benchmarks/tiny_models.py: 0.69x); a spec cannot prefer a dtype the network does not tolerate."""
-    import vsrkit.archs  # noqa: F401  (registers the specs)
-    from vsrkit.archs.spec import ARCH_SPECS, ModelIO
     options = {'MIAVSR': {'in_channels': 3}, 'IIAVSR': {'in_channels': 3},
                'ViTSR': {'in_chans': 3, 'scale': 2, 'window_size': None}, 'VDSR': {},
                'ELSR': {'in_channels': 3, 'scale': 4}}
