@@ -27,7 +27,8 @@ competing CPU-bound process that this benchmark starts (and stops) itself (vsrki
 branches take one thread fewer per CPU the other process takes, vsrkit.utils.cpu_load; the original keeps its
 threads); 1 thread; "bf16" (where bf16 rows are on): vsrkit under bf16 autocast against the original as it runs,
 which is fp32 (as published it fails under autocast and with cast weights; the run says why), with the PSNR of
-vsrkit's bf16 output against its fp32 output. ``--baseline-sizes`` HxW:frames:pairs
+vsrkit's bf16 output against its fp32 output; there the original's first call is untimed (it probes how the original
+runs), and so is each contestant's. ``--baseline-sizes`` HxW:frames:pairs
 (default 64x64:5:3 and 180x320:5:1 — the original may take minutes there).
 ``--compare-chunks 16`` adds vsrkit with another WINDOW_CHUNK to the alternation (e.g. the former 16);
 ``--compare-paths`` adds vsrkit with its sparse path forced on and off, and on with only the MLP's rows gathered
@@ -499,11 +500,14 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
                 attention = attention_flops_per_s(ours) if dtype is None else math.nan
                 # the original in fp32 (the only way it runs on a CPU) is priced at the fp32 GEMM rate
                 original_gemm = gemm if dtype is None else gemm_flops_per_s(torch.device('cpu'), torch.float32)
-                how, run_original, _ = original_runner(original, lqs, dtype, probe=False)  # bf16: a first call
+                how, run_original, first = original_runner(original, lqs, dtype, probe=False)  # bf16: a first call
                 if how != 'fp32':
                     label = f'{threads} thr, bf16 ({how})'
                 calls = vsrkit_calls(args, ours, compiled_ours, lqs, dtype)
                 warm_up_compiled(args, calls, f'{h}x{w} {label}')
+                if first is not None:  # the original's first call was untimed: so is each contestant's
+                    for call in calls.values():
+                        call()
                 for _ in range(pairs):
                     start = time.perf_counter()
                     run_original()
