@@ -506,8 +506,9 @@ def baseline(args: argparse.Namespace, device: torch.device) -> None:
                 calls = vsrkit_calls(args, ours, compiled_ours, lqs, dtype)
                 warm_up_compiled(args, calls, f'{h}x{w} {label}')
                 if first is not None:  # the original's first call was untimed: so is each contestant's
-                    for call in calls.values():
-                        call()
+                    for name, *_, compiled in contestants(args):
+                        if not compiled:  # the compiled one had its two above
+                            calls[name]()
                 for _ in range(pairs):
                     start = time.perf_counter()
                     run_original()

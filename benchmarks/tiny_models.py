@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in ('fp32', 'bf16') if amx else ('fp32',):
             with autocast_for('cpu', parse_dtype(dtype, 'cpu')):
                 seconds = seconds_per_call(lambda: net(x), args.min_seconds)
-            fp32_seconds = fp32_seconds or seconds
+            if dtype == 'fp32':
+                fp32_seconds = seconds
             gflops = flops / seconds / 1e9
             rows.append({'model': name, 'dtype': dtype, 'input': 'x'.join(map(str, shape)), 'GFLOP/frame': flops / 1e9,
                          'ms/frame': seconds * 1e3, 'frames/s': 1 / seconds, 'x fp32': fp32_seconds / seconds,
